@@ -1,0 +1,115 @@
+#include "eval/perplexity.h"
+
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "core/progress.h"
+
+namespace qforge {
+
+namespace {
+
+// log-softmax of one row of logits: returns logsumexp (double accumulation), and the argmax.
+double logsumexp(const float* x, int64_t n, int64_t* argmax) {
+  float mx = x[0];
+  int64_t am = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > mx) {
+      mx = x[i];
+      am = i;
+    }
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
+  *argmax = am;
+  return double(mx) + std::log(s);
+}
+
+}  // namespace
+
+Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
+                                         const EvalOptions& opt, const LlamaModel* ref) {
+  const int64_t ctx = opt.ctx;
+  if (ctx < 2) return error("eval: --ctx must be at least 2, got {}", ctx);
+  if (ctx > model.config().max_position_embeddings)
+    return error("eval: --ctx {} exceeds the model's max_position_embeddings {}", ctx,
+                 model.config().max_position_embeddings);
+  int64_t n_windows = int64_t(tokens.size()) / ctx;
+  if (n_windows == 0)
+    return error("eval: the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
+  if (opt.max_windows > 0) n_windows = std::min(n_windows, opt.max_windows);
+  const int64_t V = model.config().vocab_size;
+  if (ref && ref->config().vocab_size != V)
+    return error("eval: reference vocabulary {} differs from the model's {}", ref->config().vocab_size, V);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  KVCache cache = model.make_cache(ctx);
+  KVCache ref_cache = ref ? ref->make_cache(ctx) : KVCache{};
+  constexpr int64_t kRowsPerChunk = 64;
+  std::vector<float> logits(size_t(kRowsPerChunk * V)), ref_logits(ref ? size_t(kRowsPerChunk * V) : 0);
+
+  double sum_nll = 0, sum_nll2 = 0, sum_kl = 0, sum_kl2 = 0;
+  int64_t n = 0, agree = 0;
+  Progress bar("eval", n_windows, opt.progress);
+  for (int64_t w = 0; w < n_windows; ++w) {
+    const int32_t* win = tokens.data() + w * ctx;
+    cache.reset();
+    QF_ASSIGN_OR_RETURN(Tensor hidden, model.forward_hidden(win, ctx, cache));
+    Tensor ref_hidden;
+    if (ref) {
+      ref_cache.reset();
+      QF_ASSIGN_OR_RETURN(ref_hidden, ref->forward_hidden(win, ctx, ref_cache));
+    }
+    const int64_t H = model.config().hidden_size, RH = ref ? ref->config().hidden_size : 0;
+    for (int64_t r0 = 0; r0 < ctx - 1; r0 += kRowsPerChunk) {
+      const int64_t rows = std::min(kRowsPerChunk, ctx - 1 - r0);
+      model.logits(hidden.f32() + r0 * H, rows, logits.data());
+      if (ref) ref->logits(ref_hidden.f32() + r0 * RH, rows, ref_logits.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* lr = logits.data() + r * V;
+        int64_t am = 0;
+        const double lse = logsumexp(lr, V, &am);
+        const double nll = lse - double(lr[win[r0 + r + 1]]);
+        sum_nll += nll;
+        sum_nll2 += nll * nll;
+        ++n;
+        if (ref) {
+          const float* pr = ref_logits.data() + r * V;
+          int64_t ref_am = 0;
+          const double ref_lse = logsumexp(pr, V, &ref_am);
+          double kl = 0;
+          for (int64_t i = 0; i < V; ++i) {
+            const double lp = double(pr[i]) - ref_lse;
+            kl += std::exp(lp) * (lp - (double(lr[i]) - lse));
+          }
+          kl = std::max(kl, 0.0);  // rounding can give -1e-17 for identical rows
+          sum_kl += kl;
+          sum_kl2 += kl * kl;
+          agree += (am == ref_am);
+        }
+      }
+    }
+    bar.update(w + 1, fmt::format("ppl {:.4f}", std::exp(sum_nll / double(n))));
+  }
+  bar.finish();
+
+  EvalResult res;
+  res.windows = n_windows;
+  res.tokens_scored = n;
+  res.mean_nll = sum_nll / double(n);
+  const double var = std::max(0.0, sum_nll2 / double(n) - res.mean_nll * res.mean_nll);
+  res.nll_stderr = std::sqrt(var / double(n > 1 ? n - 1 : 1));
+  res.perplexity = std::exp(res.mean_nll);
+  res.ppl_stderr = res.perplexity * res.nll_stderr;
+  if (ref) {
+    res.has_ref = true;
+    res.mean_kl = sum_kl / double(n);
+    const double kvar = std::max(0.0, sum_kl2 / double(n) - res.mean_kl * res.mean_kl);
+    res.kl_stderr = std::sqrt(kvar / double(n > 1 ? n - 1 : 1));
+    res.top1_agreement = double(agree) / double(n);
+  }
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace qforge

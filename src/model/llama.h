@@ -1,0 +1,95 @@
+// The Llama-family decoder in f32 (Llama 2/3, Mistral, Qwen2, SmolLM): weights as a struct of tensors
+// named as in Hugging Face checkpoints, and a forward pass (prefill and decode with a KV cache) that
+// exposes the input activations of every linear layer.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace qforge {
+
+struct LayerWeights {
+  Tensor attn_norm;  // [H]
+  Tensor wq;         // [n_heads*hd, H]
+  Tensor wk;         // [n_kv*hd, H]
+  Tensor wv;         // [n_kv*hd, H]
+  Tensor wo;         // [H, n_heads*hd]
+  Tensor bq, bk, bv; // [q_dim], [kv_dim], [kv_dim] (attention_bias models only)
+  Tensor mlp_norm;   // [H]
+  Tensor w_gate;     // [I, H]
+  Tensor w_up;       // [I, H]
+  Tensor w_down;     // [H, I]
+};
+
+struct ModelWeights {
+  Tensor embed;       // [V, H]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // [H]
+  Tensor lm_head;     // [V, H]; empty when tie_word_embeddings
+
+  const Tensor& output_matrix() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+// One entry per tensor of the checkpoint: the Hugging Face name, the expected shape, and the slot.
+struct TensorSlot {
+  std::string name;  // "model.layers.0.self_attn.q_proj.weight"
+  Shape shape;
+  Tensor* tensor;
+  int layer;  // -1 for embedding, final norm, lm_head
+};
+// Every tensor the config implies, in a fixed order. Drives load, export and validation.
+std::vector<TensorSlot> tensor_slots(const ModelConfig& c, ModelWeights& w);
+inline std::vector<TensorSlot> tensor_slots(const ModelConfig& c, const ModelWeights& w) {
+  return tensor_slots(c, const_cast<ModelWeights&>(w));
+}
+
+// Which linear inputs a hook sees. Linears that share an input share a slot (q/k/v; gate/up).
+enum class LinearInput { kQKV, kO, kGateUp, kDown };
+const char* linear_input_name(LinearInput s);
+
+// Called with x[T, in_features] right before the linears of `slot` in decoder layer `layer`.
+using LinearInputHook = std::function<void(int layer, LinearInput slot, const float* x, int64_t T, int64_t in)>;
+
+struct KVCache {
+  int64_t capacity = 0;      // positions
+  int64_t length = 0;        // positions filled
+  std::vector<Tensor> k, v;  // per layer [capacity, kv_dim]
+  void reset() { length = 0; }
+};
+
+class LlamaModel {
+ public:
+  LlamaModel(ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  ModelWeights& mutable_weights() { return weights_; }
+
+  KVCache make_cache(int64_t capacity) const;
+
+  // Runs tokens[T] at positions cache.length.. and appends their K/V to the cache. Returns the
+  // final-normed hidden states [T, H]. Errors on capacity overflow or token ids out of range.
+  Expected<Tensor> forward_hidden(const int32_t* tokens, int64_t T, KVCache& cache,
+                                  const LinearInputHook& hook = nullptr) const;
+  // logits[n, V] = hidden[n, H] @ output_matrix^T
+  void logits(const float* hidden, int64_t n, float* out) const;
+
+  // Runs one decoder layer in place on x[T, H] (positions start at `pos0`) with the given cache
+  // buffers; exposed for layer-by-layer pipelines (calibration).
+  void decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
+                     const LinearInputHook& hook) const;
+
+ private:
+  void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::vector<float> inv_freq_;  // [hd/2]
+};
+
+}  // namespace qforge

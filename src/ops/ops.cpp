@@ -1,0 +1,148 @@
+#include "ops/ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+extern "C" {
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+}
+
+namespace qforge::ops {
+
+void linear(const float* x, int64_t M, int64_t K, int64_t ldx, const float* w, int64_t N, const float* bias,
+            float* y, int64_t ldy) {
+  if (M == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.0f, w, int(K), x, 1, 0.0f, y, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x, int(ldx), w, int(K),
+                0.0f, y, int(ldy));
+  }
+  if (bias)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * ldy + n] += bias[n];
+}
+
+void linear_ref(const float* x, int64_t M, int64_t K, int64_t ldx, const float* w, int64_t N,
+                const float* bias, float* y, int64_t ldy) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += double(x[m * ldx + k]) * double(w[n * K + k]);
+      y[m * ldy + n] = float(acc) + (bias ? bias[n] : 0.0f);
+    }
+}
+
+void rms_norm(const float* x, int64_t M, int64_t D, const float* gamma, float eps, float* y) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * D;
+    float* yr = y + m * D;
+    float ss = 0.f;
+    for (int64_t d = 0; d < D; ++d) ss += xr[d] * xr[d];
+    const float inv = 1.0f / std::sqrt(ss / float(D) + eps);
+    for (int64_t d = 0; d < D; ++d) yr[d] = gamma[d] * (xr[d] * inv);
+  }
+}
+
+void rope_apply(float* x, int64_t T, int64_t n_heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (t * n_heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+void softmax_rows(float* x, int64_t M, int64_t N, int64_t ld) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* r = x + m * ld;
+    float mx = -INFINITY;
+    for (int64_t n = 0; n < N; ++n) mx = std::max(mx, r[n]);
+    float sum = 0.f;
+    for (int64_t n = 0; n < N; ++n) {
+      r[n] = std::exp(r[n] - mx);
+      sum += r[n];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t n = 0; n < N; ++n) r[n] *= inv;
+  }
+}
+
+void silu_mul(const float* g, const float* u, float* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void set_num_threads(int n) {
+  if (n > 0) openblas_set_num_threads(n);
+}
+int num_threads() { return openblas_get_num_threads(); }
+
+}  // namespace qforge::ops
+
+
+namespace qforge::ops {
+
+void attention_causal(const float* q, int64_t T, int64_t pos0, const float* k, const float* v, int64_t nh,
+                      int64_t nkv, int64_t hd, float* out) {
+  // Query rows in blocks, so each block only scores the keys it can see (about half the work of a
+  // full T x T product at long contexts).
+  constexpr int64_t kQueryBlock = 64;
+  const int64_t Q = nh * hd, KV = nkv * hd, group = nh / nkv;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  std::vector<float> s(size_t(kQueryBlock * (pos0 + T)));
+  for (int64_t h = 0; h < nh; ++h) {
+    const int64_t g = h / group;
+    for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, T - i0);
+      const int64_t nk = pos0 + i0 + rows;
+      // s[rows, nk] = q_blk[rows, hd] @ k[0:nk, hd]^T * scale
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(nk), int(hd), scale,
+                  q + i0 * Q + h * hd, int(Q), k + g * hd, int(KV), 0.0f, s.data(), int(nk));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t visible = pos0 + i0 + r + 1;
+        float* sr = s.data() + r * nk;
+        for (int64_t j = visible; j < nk; ++j) sr[j] = -INFINITY;
+      }
+      softmax_rows(s.data(), rows, nk, nk);
+      // out_blk[rows, hd] = s[rows, nk] @ v[0:nk, hd]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(hd), int(nk), 1.0f, s.data(), int(nk),
+                  v + g * hd, int(KV), 0.0f, out + i0 * Q + h * hd, int(Q));
+    }
+  }
+}
+
+void attention_causal_ref(const float* q, int64_t T, int64_t pos0, const float* k, const float* v, int64_t nh,
+                          int64_t nkv, int64_t hd, float* out) {
+  const int64_t Q = nh * hd, KV = nkv * hd, group = nh / nkv;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t g = h / group, n = pos0 + t + 1;
+      std::vector<double> p(static_cast<size_t>(n));
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < hd; ++d) acc += double(q[t * Q + h * hd + d]) * k[j * KV + g * hd + d];
+        p[size_t(j)] = acc / std::sqrt(double(hd));
+        mx = std::max(mx, p[size_t(j)]);
+      }
+      double sum = 0;
+      for (auto& e : p) sum += (e = std::exp(e - mx));
+      for (int64_t d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += p[size_t(j)] * v[j * KV + g * hd + d];
+        out[t * Q + h * hd + d] = float(acc / sum);
+      }
+    }
+}
+
+}  // namespace qforge::ops

@@ -1,0 +1,13 @@
+#include "tools/commands.h"
+
+namespace qforge::tools {
+
+Command make_convert_command();
+Command make_eval_command();
+Command make_generate_command();
+
+std::vector<Command> all_commands() {
+  return {make_convert_command(), make_eval_command(), make_generate_command()};
+}
+
+}  // namespace qforge::tools
