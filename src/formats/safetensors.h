@@ -18,7 +18,10 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 struct TensorEntry {
   std::string name;
-  TensorView view;             // points into the map (read-only data; do not write through it)
+  // Points into the map (read-only data; do not write through it). Aligned to the element size when the
+  // writer padded the header to 8 bytes and ordered tensors by width (the reference and our Writer do);
+  // other files may yield misaligned views, which are accepted: copy out rather than dereference then.
+  TensorView view;
   uint64_t data_begin = 0;     // offsets relative to the data section, as in the header
   uint64_t data_end = 0;
 };
@@ -33,8 +36,8 @@ class File {
 
  private:
   MappedFile file_;
-  std::vector<TensorEntry> tensors_;              // sorted by data_begin
-  std::map<std::string, size_t> by_name_;         // name -> index into tensors_
+  std::vector<TensorEntry> tensors_;       // sorted by data_begin
+  std::map<std::string, size_t> by_name_;  // name -> index into tensors_
   std::map<std::string, std::string> metadata_;
 };
 
