@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
              g_up, g_down, ctx);
 
   // Validate: prefill of a real text window gives finite hidden states.
-  std::vector<int32_t> ids(size_t(ctx));
+  std::vector<int32_t> ids(static_cast<size_t>(ctx));
   std::mt19937 rng(7);
   for (auto& t : ids) t = int32_t(rng() % uint32_t(c.vocab_size));
   KVCache cache = m.make_cache(ctx + n_decode);

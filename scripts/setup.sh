@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(cmake ninja-build g++ pkg-config python3 python3-pip unzip
           nlohmann-json3-dev libcli11-dev libfmt-dev libopenblas-dev liblapacke-dev libhwy-dev
-          libgtest-dev libgmock-dev libbenchmark-dev)
+          libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

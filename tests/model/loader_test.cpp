@@ -36,7 +36,9 @@ void write_tiny_dir(const std::string& dir, const ModelConfig& weights_cfg, cons
   safetensors::Writer wr;
   for (TensorSlot& s : tensor_slots(weights_cfg, w)) {
     *s.tensor = Tensor(DType::kF32, s.shape);
-    if (s.name != skip_tensor) ASSERT_TRUE(wr.add(s.name, s.tensor->view()));
+    if (s.name != skip_tensor) {
+      ASSERT_TRUE(wr.add(s.name, s.tensor->view()));
+    }
   }
   ASSERT_TRUE(wr.write(dir + "/model.safetensors"));
   const std::string cfg = model_config_to_json(written_cfg);

@@ -30,12 +30,13 @@ RunResult run(const std::string& args) {
 }
 
 TEST(Cli, UnknownFlagsAndSubcommandsAreErrors) {
-  auto r = run("eval --model x --data y --no-such-flag");
+  const std::string existing = QFORGE_BINARY;  // any existing file, so only the flag is wrong
+  auto r = run("eval --model x --data " + existing + " --no-such-flag");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--no-such-flag"), std::string::npos) << r.output;
   auto s = run("frobnicate");
   EXPECT_NE(s.code, 0);
-  auto c = run("convert model.gguf --out o --dtype int3");
+  auto c = run("convert " + existing + " --out o --dtype int3");
   EXPECT_NE(c.code, 0);
   EXPECT_NE(c.output.find("int3"), std::string::npos) << c.output;
 }
