@@ -68,15 +68,29 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
   return impl_->encode(text, add_special);
 }
 
-std::string Tokenizer::decode(std::span<const int32_t> ids) const { return impl_->decode(ids); }
+std::string Tokenizer::decode(std::span<const int32_t> ids) const {
+  return impl_->decode(ids);
+}
 
-std::string Tokenizer::token_text(int32_t id) const { return impl_->token_text(id); }
+std::string Tokenizer::token_text(int32_t id) const {
+  return impl_->token_text(id);
+}
 
-int32_t Tokenizer::vocab_size() const { return impl_->vocab_size(); }
-int32_t Tokenizer::bos_id() const { return impl_->bos_id; }
-int32_t Tokenizer::eos_id() const { return impl_->eos_id; }
+int32_t Tokenizer::vocab_size() const {
+  return impl_->vocab_size();
+}
+int32_t Tokenizer::bos_id() const {
+  return impl_->bos_id;
+}
+int32_t Tokenizer::eos_id() const {
+  return impl_->eos_id;
+}
 
-std::string Tokenizer::to_tokenizer_json() const { return tokenizer_to_json(*impl_); }
-std::string Tokenizer::to_tokenizer_config_json() const { return tokenizer_config_to_json(*impl_); }
+std::string Tokenizer::to_tokenizer_json() const {
+  return tokenizer_to_json(*impl_);
+}
+std::string Tokenizer::to_tokenizer_config_json() const {
+  return tokenizer_config_to_json(*impl_);
+}
 
 }  // namespace qforge

@@ -19,8 +19,6 @@ namespace {
 constexpr int64_t kTokenControl = 3;
 constexpr int64_t kTokenUserDefined = 4;
 
-constexpr const char* kGpt2Split =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr const char* kLlama3Split =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr const char* kQwen2Split =
@@ -39,28 +37,43 @@ constexpr const char* kGpt4oSplit =
 // falls back to plain ByteLevel, which tokenizes numbers differently from the model's training.
 struct PreTokenizerRule {
   const char* pre;
-  const char* split;    // regex for Split(Isolated), or nullptr
-  bool digits;          // Digits(individual_digits) then ByteLevel(use_regex)
-  bool ignore_merges;   // BPE ignore_merges (Llama 3's tokenizer.json sets it)
+  const char* split;   // regex for Split(Isolated), or nullptr
+  bool digits;         // Digits(individual_digits) then ByteLevel(use_regex)
+  bool ignore_merges;  // BPE ignore_merges (Llama 3's tokenizer.json sets it)
 };
 constexpr PreTokenizerRule kPreTokenizers[] = {
-    {"smollm", nullptr, true, false},          {"starcoder", nullptr, true, false},
-    {"refact", nullptr, true, false},          {"llama3", kLlama3Split, false, true},
-    {"llama-v3", kLlama3Split, false, true},   {"llama-bpe", kLlama3Split, false, true},
-    {"falcon3", kLlama3Split, false, false},   {"falcon-h1", kLlama3Split, false, false},
-    {"pixtral", kLlama3Split, false, false},   {"midm-2.0", kLlama3Split, false, false},
-    {"lfm2", kLlama3Split, false, false},      {"jina-v5-nano", kLlama3Split, false, false},
-    {"dbrx", kLlama3Split, false, false},      {"smaug-bpe", kLlama3Split, false, false},
-    {"tekken", kTekkenSplit, false, false},    {"qwen2", kQwen2Split, false, false},
-    {"deepseek-r1-qwen", kQwen2Split, false, false}, {"kormo", kQwen2Split, false, false},
-    {"f2llmv2", kQwen2Split, false, false},    {"megrez", kQwen2Split, false, false},
-    {"qwen35", kQwen35Split, false, false},    {"gpt-4o", kGpt4oSplit, false, false},
-    {"llama4", kGpt4oSplit, false, false},     {"kanana2", kGpt4oSplit, false, false},
-    {"talkie", kGpt4oSplit, false, false},     {"minimax-m2", kGpt4oSplit, false, false},
+    {"smollm", nullptr, true, false},
+    {"starcoder", nullptr, true, false},
+    {"refact", nullptr, true, false},
+    {"llama3", kLlama3Split, false, true},
+    {"llama-v3", kLlama3Split, false, true},
+    {"llama-bpe", kLlama3Split, false, true},
+    {"falcon3", kLlama3Split, false, false},
+    {"falcon-h1", kLlama3Split, false, false},
+    {"pixtral", kLlama3Split, false, false},
+    {"midm-2.0", kLlama3Split, false, false},
+    {"lfm2", kLlama3Split, false, false},
+    {"jina-v5-nano", kLlama3Split, false, false},
+    {"dbrx", kLlama3Split, false, false},
+    {"smaug-bpe", kLlama3Split, false, false},
+    {"tekken", kTekkenSplit, false, false},
+    {"qwen2", kQwen2Split, false, false},
+    {"deepseek-r1-qwen", kQwen2Split, false, false},
+    {"kormo", kQwen2Split, false, false},
+    {"f2llmv2", kQwen2Split, false, false},
+    {"megrez", kQwen2Split, false, false},
+    {"qwen35", kQwen35Split, false, false},
+    {"gpt-4o", kGpt4oSplit, false, false},
+    {"llama4", kGpt4oSplit, false, false},
+    {"kanana2", kGpt4oSplit, false, false},
+    {"talkie", kGpt4oSplit, false, false},
+    {"minimax-m2", kGpt4oSplit, false, false},
 };
 
 json byte_level(bool add_prefix_space, bool use_regex) {
-  return {{"type", "ByteLevel"}, {"add_prefix_space", add_prefix_space}, {"trim_offsets", true},
+  return {{"type", "ByteLevel"},
+          {"add_prefix_space", add_prefix_space},
+          {"trim_offsets", true},
           {"use_regex", use_regex}};
 }
 
@@ -99,7 +112,8 @@ std::vector<std::pair<std::string, std::string>> generate_merges(const std::vect
       ++k;
       if (i >= t.size()) break;
       std::string_view l = t.substr(0, i), r = t.substr(i);
-      if (vocab.find(l) != vocab.end() && vocab.find(r) != vocab.end()) local.push_back({l, r, score, k, nchar - k});
+      if (vocab.find(l) != vocab.end() && vocab.find(r) != vocab.end())
+        local.push_back({l, r, score, k, nchar - k});
     }
     std::stable_sort(local.begin(), local.end(), [&](const Cand& a, const Cand& b) {
       int64_t al = vocab.find(a.l)->second, bl = vocab.find(b.l)->second;
@@ -159,7 +173,8 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
   if (f.find("tokenizer.ggml.token_type")) {
     QF_ASSIGN_OR_RETURN(types, f.get_int_array("tokenizer.ggml.token_type"));
     if (types.size() != tokens.size())
-      return error("{}: tokenizer.ggml.token_type: {} entries for {} tokens", src, types.size(), tokens.size());
+      return error("{}: tokenizer.ggml.token_type: {} entries for {} tokens", src, types.size(),
+                   tokens.size());
   }
   std::string pre = "default";
   if (f.find("tokenizer.ggml.pre")) {
@@ -172,7 +187,8 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
   auto opt_id = [&](const char* key) -> Expected<int64_t> {
     if (!f.find(key)) return int64_t(-1);
     QF_ASSIGN_OR_RETURN(uint64_t v, f.get_uint(key));
-    if (v >= tokens.size()) return error("{}: {}: id {} is outside the vocabulary ({} tokens)", src, key, v, tokens.size());
+    if (v >= tokens.size())
+      return error("{}: {}: id {} is outside the vocabulary ({} tokens)", src, key, v, tokens.size());
     return int64_t(v);
   };
   auto opt_bool = [&](const char* key, bool dflt) -> Expected<bool> {
@@ -190,14 +206,24 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
 
   json root;
   root["version"] = "1.0";
-  json model = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-                {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-                {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false}};
+  json model = {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"fuse_unk", false},
+                {"byte_fallback", false},
+                {"ignore_merges", false}};
   std::vector<std::string> vocab_tokens = tokens;
   json added = json::array();
   auto add_token = [&](int64_t id, bool special) {
-    added.push_back({{"id", id}, {"content", vocab_tokens[size_t(id)]}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", special}});
+    added.push_back({{"id", id},
+                     {"content", vocab_tokens[size_t(id)]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", special}});
   };
 
   if (kind == "gpt2") {
@@ -208,7 +234,9 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
     for (const PreTokenizerRule& r : kPreTokenizers) {
       if (pre != r.pre) continue;
       if (r.split) {
-        json split = {{"type", "Split"}, {"pattern", {{"Regex", r.split}}}, {"behavior", "Isolated"},
+        json split = {{"type", "Split"},
+                      {"pattern", {{"Regex", r.split}}},
+                      {"behavior", "Isolated"},
                       {"invert", false}};
         pre_tok = {{"type", "Sequence"}, {"pretokenizers", {split, byte_level(false, false)}}};
       } else if (r.digits) {
@@ -225,23 +253,28 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
       return error("{}: tokenizer.ggml.model: Gemma's sentencepiece tokenizer is not supported", src);
     model["fuse_unk"] = true;
     model["byte_fallback"] = true;
-    json decoders = json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                                 {{"type", "ByteFallback"}},
-                                 {{"type", "Fuse"}}});
+    json decoders =
+        json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+                     {{"type", "ByteFallback"}},
+                     {{"type", "Fuse"}}});
     if (arch == "phi3") {
       // Phi-3 puts the prefix space in a normalizer (before every segment), not in Metaspace.
-      root["normalizer"] = {{"type", "Sequence"},
-                            {"normalizers",
-                             {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                              {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}};
+      root["normalizer"] = {
+          {"type", "Sequence"},
+          {"normalizers",
+           {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+            {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}};
       root["pre_tokenizer"] = nullptr;
       add_space_prefix = true;
     } else {
       root["normalizer"] = nullptr;
-      root["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"},
-                               {"prepend_scheme", add_space_prefix ? "first" : "never"}, {"split", false}};
+      root["pre_tokenizer"] = {{"type", "Metaspace"},
+                               {"replacement", "\xE2\x96\x81"},
+                               {"prepend_scheme", add_space_prefix ? "first" : "never"},
+                               {"split", false}};
     }
-    if (add_space_prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+    if (add_space_prefix)
+      decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
     root["decoder"] = {{"type", "Sequence"}, {"decoders", decoders}};
   } else {
     return error("{}: tokenizer.ggml.model: '{}' is not supported (gpt2 or llama)", src, kind);
@@ -274,7 +307,8 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_gguf(const gguf::GgufF
   for (int64_t id : {bos, eos, unk, pad})
     if (id >= 0) add_token(id, true);
   for (size_t i = 0; i < types.size(); ++i)
-    if (types[i] == kTokenControl && (kind != "gpt2" || within_byte_alphabet(tokens[i]))) add_token(int64_t(i), true);
+    if (types[i] == kTokenControl && (kind != "gpt2" || within_byte_alphabet(tokens[i])))
+      add_token(int64_t(i), true);
   for (size_t i = 0; i < types.size(); ++i)
     if (types[i] == kTokenUserDefined && tokens[i] == vocab_tokens[i]) add_token(int64_t(i), false);
   root["added_tokens"] = std::move(added);

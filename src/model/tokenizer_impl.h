@@ -4,13 +4,12 @@
 // Internal to src/model/tokenizer*.cpp.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <array>
-#include <span>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -48,18 +47,18 @@ struct PreTokenizerStep {
   bool use_regex = true;                 // ByteLevel: split with GPT-2's pattern first
   std::shared_ptr<const Regex> pattern;  // Split, Digits
   SplitBehavior behavior = SplitBehavior::kIsolated;
-  bool invert = false;                   // Split: the pieces between matches are the delimiters
-  std::string replacement;               // Metaspace ("▁")
+  bool invert = false;      // Split: the pieces between matches are the delimiters
+  std::string replacement;  // Metaspace ("▁")
   PrependScheme prepend = PrependScheme::kAlways;
-  bool split = true;                     // Metaspace: split before every replacement
+  bool split = true;  // Metaspace: split before every replacement
 };
 
 struct DecoderStep {
   enum class Kind { kByteLevel, kReplace, kByteFallback, kFuse, kStrip, kMetaspace };
   Kind kind = Kind::kFuse;
-  std::shared_ptr<const Regex> pattern;  // Replace
-  std::string text;                      // Replace: content; Strip/Metaspace: the character
-  size_t start = 0, stop = 0;            // Strip: characters removed at each end
+  std::shared_ptr<const Regex> pattern;            // Replace
+  std::string text;                                // Replace: content; Strip/Metaspace: the character
+  size_t start = 0, stop = 0;                      // Strip: characters removed at each end
   PrependScheme prepend = PrependScheme::kAlways;  // Metaspace
 };
 

@@ -12,6 +12,9 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
+// Sequences nest; deeper than this is not a real tokenizer and would only exhaust the stack.
+constexpr long kMaxNesting = 32;
+
 class Parser {
  public:
   explicit Parser(const std::string& source) : source_(source) {}
@@ -94,6 +97,7 @@ class Parser {
 
   Status normalizer(const json& n, const std::string& path, std::vector<NormalizerStep>& out) const {
     if (n.is_null()) return Status::ok();
+    if (std::count(path.begin(), path.end(), '[') > kMaxNesting) return fail(path, "nested too deeply");
     QF_ASSIGN_OR_RETURN(std::string type, get_type(n, path));
     if (type == "Sequence") {
       auto it = n.find("normalizers");
@@ -112,7 +116,8 @@ class Parser {
       QF_ASSIGN_OR_RETURN(step.text, get_string(n, "content", "", path));
     } else {
       return fail(path + ".type", fmt::format("normalizer '{}' is not supported (supported: Sequence, "
-                                              "Prepend, Replace)", type));
+                                              "Prepend, Replace)",
+                                              type));
     }
     out.push_back(std::move(step));
     return Status::ok();
@@ -120,6 +125,7 @@ class Parser {
 
   Status pre_tokenizer(const json& p, const std::string& path, std::vector<PreTokenizerStep>& out) const {
     if (p.is_null()) return Status::ok();
+    if (std::count(path.begin(), path.end(), '[') > kMaxNesting) return fail(path, "nested too deeply");
     QF_ASSIGN_OR_RETURN(std::string type, get_type(p, path));
     using Kind = PreTokenizerStep::Kind;
     PreTokenizerStep step;
@@ -165,7 +171,8 @@ class Parser {
       QF_ASSIGN_OR_RETURN(step.split, get_bool(p, "split", true, path));
     } else {
       return fail(path + ".type", fmt::format("pre-tokenizer '{}' is not supported (supported: Sequence, "
-                                              "ByteLevel, Split, Digits, Metaspace)", type));
+                                              "ByteLevel, Split, Digits, Metaspace)",
+                                              type));
     }
     out.push_back(std::move(step));
     return Status::ok();
@@ -173,6 +180,7 @@ class Parser {
 
   Status decoder(const json& d, const std::string& path, std::vector<DecoderStep>& out) const {
     if (d.is_null()) return Status::ok();
+    if (std::count(path.begin(), path.end(), '[') > kMaxNesting) return fail(path, "nested too deeply");
     QF_ASSIGN_OR_RETURN(std::string type, get_type(d, path));
     using Kind = DecoderStep::Kind;
     DecoderStep step;
@@ -207,23 +215,26 @@ class Parser {
       QF_ASSIGN_OR_RETURN(step.text, get_replacement(d, path));
       QF_ASSIGN_OR_RETURN(step.prepend, get_prepend_scheme(d, path));
     } else {
-      return fail(path + ".type", fmt::format("decoder '{}' is not supported (supported: Sequence, ByteLevel, "
-                                              "Replace, ByteFallback, Fuse, Strip, Metaspace)", type));
+      return fail(path + ".type",
+                  fmt::format("decoder '{}' is not supported (supported: Sequence, ByteLevel, "
+                              "Replace, ByteFallback, Fuse, Strip, Metaspace)",
+                              type));
     }
     out.push_back(std::move(step));
     return Status::ok();
   }
 
   // The "single" template of the post-processor; `has` is false for none (or one that adds nothing).
-  Status post_processor(const json& p, const std::string& path, const Tokenizer::Impl& impl, bool& has,
+  Status post_processor(const json& p, const std::string& path, bool& has,
                         std::vector<TemplateItem>& single) const {
     if (p.is_null()) return Status::ok();
+    if (std::count(path.begin(), path.end(), '[') > kMaxNesting) return fail(path, "nested too deeply");
     QF_ASSIGN_OR_RETURN(std::string type, get_type(p, path));
     if (type == "Sequence") {
       auto it = p.find("processors");
       if (it == p.end() || !it->is_array()) return fail(path + ".processors", "missing or not an array");
       for (size_t i = 0; i < it->size(); ++i)
-        QF_RETURN_IF_ERROR(post_processor((*it)[i], fmt::format("{}.processors[{}]", path, i), impl, has, single));
+        QF_RETURN_IF_ERROR(post_processor((*it)[i], fmt::format("{}.processors[{}]", path, i), has, single));
       return Status::ok();
     }
     if (type == "ByteLevel") return Status::ok();  // adjusts offsets only
@@ -238,7 +249,8 @@ class Parser {
         if (item.is_object() && item.contains("Sequence")) {
           items.push_back({true, {}});
         } else if (item.is_object() && item.contains("SpecialToken") && item["SpecialToken"].is_object()) {
-          QF_ASSIGN_OR_RETURN(std::string id, get_string(item["SpecialToken"], "id", "", ipath + ".SpecialToken"));
+          QF_ASSIGN_OR_RETURN(std::string id,
+                              get_string(item["SpecialToken"], "id", "", ipath + ".SpecialToken"));
           if (specials == p.end() || !specials->is_object() || !specials->contains(id))
             return fail(ipath, fmt::format("special token '{}' is not in {}.special_tokens", id, path));
           const json& st = (*specials)[id];
@@ -268,9 +280,9 @@ class Parser {
     } else {
       return fail(path + ".type", fmt::format("post-processor '{}' is not supported (supported: "
                                               "TemplateProcessing, ByteLevel, Sequence, RobertaProcessing, "
-                                              "BertProcessing)", type));
+                                              "BertProcessing)",
+                                              type));
     }
-    (void)impl;
     has = true;
     single = std::move(items);
     return Status::ok();
@@ -293,7 +305,8 @@ class Parser {
     if (!vocab->is_object()) return fail("model.vocab", "expected an object {token: id}");
     int64_t max_id = -1;
     for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-      if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > INT32_MAX)
+      if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
+          it.value().get<int64_t>() > INT32_MAX)
         return fail("model.vocab", fmt::format("token '{}': id is not a non-negative integer", it.key()));
       max_id = std::max(max_id, it.value().get<int64_t>());
     }
@@ -309,7 +322,8 @@ class Parser {
       if (d->get<double>() > 0) return fail("model.dropout", "BPE dropout is random; not supported");
     }
     QF_ASSIGN_OR_RETURN(bpe.unk_token, get_string(m, "unk_token", "", "model"));
-    QF_ASSIGN_OR_RETURN(bpe.continuing_subword_prefix, get_string(m, "continuing_subword_prefix", "", "model"));
+    QF_ASSIGN_OR_RETURN(bpe.continuing_subword_prefix,
+                        get_string(m, "continuing_subword_prefix", "", "model"));
     QF_ASSIGN_OR_RETURN(bpe.end_of_word_suffix, get_string(m, "end_of_word_suffix", "", "model"));
     QF_ASSIGN_OR_RETURN(bpe.fuse_unk, get_bool(m, "fuse_unk", false, "model"));
     QF_ASSIGN_OR_RETURN(bpe.byte_fallback, get_bool(m, "byte_fallback", false, "model"));
@@ -339,7 +353,8 @@ class Parser {
         const std::string& s = e.get_ref<const std::string&>();
         size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-          return fail(fmt::format("model.merges[{}]", rank), fmt::format("'{}' is not two tokens \"a b\"", s));
+          return fail(fmt::format("model.merges[{}]", rank),
+                      fmt::format("'{}' is not two tokens \"a b\"", s));
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
       } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
@@ -352,7 +367,8 @@ class Parser {
       auto ib = bpe.token_to_id.find(b);
       for (auto [it, tok] : {std::pair{ia, &a}, std::pair{ib, &b}})
         if (it == bpe.token_to_id.end())
-          return fail(fmt::format("model.merges[{}]", rank), fmt::format("token '{}' is not in model.vocab", *tok));
+          return fail(fmt::format("model.merges[{}]", rank),
+                      fmt::format("token '{}' is not in model.vocab", *tok));
       std::string merged = a + (b.size() >= prefix_len ? b.substr(prefix_len) : std::string());
       auto im = bpe.token_to_id.find(merged);
       if (im == bpe.token_to_id.end())
@@ -417,7 +433,8 @@ class Parser {
         }
         tok.match = s;
       }
-      auto same = std::find_if(impl.added.begin(), impl.added.end(), [&](const AddedToken& x) { return x.id == tok.id; });
+      auto same = std::find_if(impl.added.begin(), impl.added.end(),
+                               [&](const AddedToken& x) { return x.id == tok.id; });
       if (same != impl.added.end()) {
         *same = std::move(tok);  // the later entry replaces the earlier, as in HF
       } else {
@@ -471,8 +488,8 @@ Expected<std::unique_ptr<Tokenizer::Impl>> tokenizer_from_json(const json& root,
   QF_RETURN_IF_ERROR(p.pre_tokenizer(member("pre_tokenizer"), "pre_tokenizer", impl->pre_tokenizers));
   QF_RETURN_IF_ERROR(p.decoder(member("decoder"), "decoder", impl->decoders));
   impl->has_decoder = !member("decoder").is_null();
-  QF_RETURN_IF_ERROR(
-      p.post_processor(member("post_processor"), "post_processor", *impl, impl->has_template, impl->template_single));
+  QF_RETURN_IF_ERROR(p.post_processor(member("post_processor"), "post_processor", impl->has_template,
+                                      impl->template_single));
   QF_RETURN_IF_ERROR(p.added_tokens(root, *impl));
   impl->normalizer_json = ojson::parse(member("normalizer").dump());
   impl->pre_tokenizer_json = ojson::parse(member("pre_tokenizer").dump());
@@ -511,12 +528,14 @@ Status apply_tokenizer_config(const json& cfg, const std::string& source, Tokeni
       impl.chat_template = it->get<std::string>();
     } else if (it->is_array()) {  // [{"name": "default", "template": "..."}, ...]
       for (const json& t : *it)
-        if (t.is_object() && t.value("name", "") == "default" && t.contains("template") && t["template"].is_string())
+        if (t.is_object() && t.value("name", "") == "default" && t.contains("template") &&
+            t["template"].is_string())
           impl.chat_template = t["template"].get<std::string>();
     }
   }
   if (auto it = cfg.find("model_max_length"); it != cfg.end() && it->is_number_integer() &&
-                                              it->get<int64_t>() > 0 && it->get<int64_t>() < (int64_t(1) << 40))
+                                              it->get<int64_t>() > 0 &&
+                                              it->get<int64_t>() < (int64_t(1) << 40))
     impl.model_max_length = it->get<int64_t>();
   return Status::ok();
 }
@@ -557,12 +576,14 @@ std::string tokenizer_to_json(const Tokenizer::Impl& impl) {
   std::vector<std::pair<int32_t, const std::string*>> vocab;
   vocab.reserve(m.token_to_id.size());
   for (const auto& [tok, id] : m.token_to_id) vocab.emplace_back(id, &tok);
-  std::sort(vocab.begin(), vocab.end(),
-            [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : *a.second < *b.second; });
+  std::sort(vocab.begin(), vocab.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+  });
   ojson v = ojson::object();
   // Append to the ordered object's vector directly: keys are unique, and operator[] would search
   // the whole object for each of the (tens of thousands of) tokens.
-  auto& entries = static_cast<std::vector<std::pair<const std::string, ojson>>&>(v.get_ref<ojson::object_t&>());
+  auto& entries =
+      static_cast<std::vector<std::pair<const std::string, ojson>>&>(v.get_ref<ojson::object_t&>());
   entries.reserve(vocab.size());
   for (const auto& [id, tok] : vocab) entries.emplace_back(*tok, ojson(id));
   model["vocab"] = std::move(v);

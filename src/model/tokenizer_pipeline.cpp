@@ -14,14 +14,13 @@ namespace {
 // lstrip/rstrip of added tokens strip exactly these.
 bool is_white_space(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-         cp == 0x205F || cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x3000;
 }
 
 const Regex& gpt2_regex() {
   static const Regex re = [] {
-    auto r = Regex::compile(
-        R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)");
+    auto r = Regex::compile(R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)");
     return std::move(r).value();
   }();
   return re;
@@ -185,18 +184,17 @@ void run_pre_tokenizer(const PreTokenizerStep& step, std::vector<Segment>& piece
       for (Segment& p : pieces) {
         replace_literal(p.text, " ", step.replacement);
         bool starts = p.text.compare(0, step.replacement.size(), step.replacement) == 0;
-        if (!starts && (step.prepend == PrependScheme::kAlways ||
-                        (step.prepend == PrependScheme::kFirst && p.at_start)))
+        if (!starts &&
+            (step.prepend == PrependScheme::kAlways || (step.prepend == PrependScheme::kFirst && p.at_start)))
           p.text.insert(0, step.replacement);
       }
       if (step.split) {
         const std::string& r = step.replacement;
-        split_pieces(pieces, SplitBehavior::kMergedWithNext, false,
-                     [&](std::string_view t, auto& m) {
-                       m.clear();
-                       for (size_t at = t.find(r); at != std::string_view::npos; at = t.find(r, at + r.size()))
-                         m.emplace_back(at, at + r.size());
-                     });
+        split_pieces(pieces, SplitBehavior::kMergedWithNext, false, [&](std::string_view t, auto& m) {
+          m.clear();
+          for (size_t at = t.find(r); at != std::string_view::npos; at = t.find(r, at + r.size()))
+            m.emplace_back(at, at + r.size());
+        });
       }
       break;
     }
@@ -214,9 +212,7 @@ struct MergeCandidate {
   uint32_t pos;
   int32_t new_id;
   // Min-heap on (rank, pos): the lowest rank first, the leftmost among equals.
-  bool operator<(const MergeCandidate& o) const {
-    return rank != o.rank ? rank > o.rank : pos > o.pos;
-  }
+  bool operator<(const MergeCandidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
 };
 
 }  // namespace
@@ -225,7 +221,9 @@ void AddedMatcher::build(const std::vector<AddedToken>& all, bool normalized) {
   tokens.clear();
   for (auto& b : by_first_byte) b.clear();
   for (const AddedToken& t : all) {
-    if (t.normalized != normalized || t.match.empty()) continue;
+    // Only well-formed UTF-8 can match, and only at character boundaries: the pieces between
+    // matches stay well-formed, which the regex stage relies on.
+    if (t.normalized != normalized || t.match.empty() || utf8_sanitize(t.match) != t.match) continue;
     tokens.push_back(&t);
     by_first_byte[uint8_t(t.match[0])].push_back(&t);
   }
@@ -347,7 +345,7 @@ void split_added_tokens(const Segment& seg, const AddedMatcher& matcher, std::ve
       continue;
     }
     size_t start = pos, stop = pos + hit->match.size();
-    pos = stop;  // the search resumes after the match, whether it is taken or not
+    pos = stop;                          // the search resumes after the match, whether it is taken or not
     if (start < start_offset) continue;  // inside whitespace an earlier rstrip consumed
     if (hit->single_word) {
       bool start_space = start == 0 || !is_word_char_at(s, prev_char_start(s, start));
@@ -371,8 +369,7 @@ void split_added_tokens(const Segment& seg, const AddedMatcher& matcher, std::ve
     out.push_back({s.substr(start, stop - start), hit->id, false});
     start_offset = stop;
   }
-  if (start_offset < s.size())
-    out.push_back({s.substr(start_offset), -1, seg.at_start && start_offset == 0});
+  if (start_offset < s.size()) out.push_back({s.substr(start_offset), -1, seg.at_start && start_offset == 0});
 }
 
 }  // namespace qforge::tokenizer_detail

@@ -13,13 +13,25 @@ size_t utf8_lead_info(uint8_t b, uint8_t& lo, uint8_t& hi) {
   lo = 0x80;
   hi = 0xBF;
   if (b >= 0xC2 && b <= 0xDF) return 2;
-  if (b == 0xE0) { lo = 0xA0; return 3; }
+  if (b == 0xE0) {
+    lo = 0xA0;
+    return 3;
+  }
   if (b >= 0xE1 && b <= 0xEC) return 3;
-  if (b == 0xED) { hi = 0x9F; return 3; }
+  if (b == 0xED) {
+    hi = 0x9F;
+    return 3;
+  }
   if (b >= 0xEE && b <= 0xEF) return 3;
-  if (b == 0xF0) { lo = 0x90; return 4; }
+  if (b == 0xF0) {
+    lo = 0x90;
+    return 4;
+  }
   if (b >= 0xF1 && b <= 0xF3) return 4;
-  if (b == 0xF4) { hi = 0x8F; return 4; }
+  if (b == 0xF4) {
+    hi = 0x8F;
+    return 4;
+  }
   return 0;
 }
 
@@ -242,8 +254,8 @@ Expected<Regex> Regex::compile(std::string_view pattern) {
     pcre2_get_error_message(err, msg, sizeof(msg));
     if (translated == pattern)
       return error("regex /{}/: {} at offset {}", pattern, reinterpret_cast<const char*>(msg), err_off);
-    return error("regex /{}/ (as /{}/): {} at offset {}", pattern, translated, reinterpret_cast<const char*>(msg),
-                 err_off);
+    return error("regex /{}/ (as /{}/): {} at offset {}", pattern, translated,
+                 reinterpret_cast<const char*>(msg), err_off);
   }
   // JIT is an optimisation only: without it pcre2_match interprets the same pattern.
   (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
@@ -277,8 +289,8 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
     // The text was validated once by the caller; re-checking it on every call would be quadratic.
     int rc = pcre2_match(code_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
-      rc = pcre2_match(code_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md,
-                       nullptr);
+      rc =
+          pcre2_match(code_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
     if (rc < 0) break;  // no (further) match, or a resource limit: the rest stays unmatched
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     size_t s = ov[0], e = ov[1];

@@ -21,7 +21,9 @@ namespace qforge::tokenizer_detail {
 size_t utf8_valid_len(std::string_view s, size_t i);
 
 // Byte length of the (valid) UTF-8 character whose lead byte is b.
-inline size_t utf8_char_len(uint8_t b) { return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4; }
+inline size_t utf8_char_len(uint8_t b) {
+  return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+}
 
 // Number of code points of a valid UTF-8 string.
 size_t utf8_count(std::string_view s);

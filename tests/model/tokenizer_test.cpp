@@ -1,8 +1,9 @@
 // Tokenizer tests: token ids equal to Hugging Face `tokenizers` (goldens made by
 // python/make_tokenizer_golden.py), round trips, exports that reload identically, and errors (never
 // crashes) on malformed tokenizer.json files and GGUF metadata.
+#include "model/tokenizer.h"
+
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <array>
 #include <bit>
@@ -13,12 +14,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
-#include "model/tokenizer.h"
 #include "model/tokenizer_text.h"
 #include "test_util.h"
 
@@ -96,11 +97,19 @@ TEST(TokenizerSha256, KnownVectors) {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-std::string golden_file(const std::string& name) { return testing::source_dir() + "/tests/golden/" + name; }
-std::string data_file(const std::string& name) { return testing::source_dir() + "/tests/data/tokenizer/" + name; }
-std::string wikitext_path() { return testing::data_dir() + "/wikitext-2-raw-test.txt"; }
+std::string golden_file(const std::string& name) {
+  return testing::source_dir() + "/tests/golden/" + name;
+}
+std::string data_file(const std::string& name) {
+  return testing::source_dir() + "/tests/data/tokenizer/" + name;
+}
+std::string wikitext_path() {
+  return testing::data_dir() + "/wikitext-2-raw-test.txt";
+}
 
-bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+bool contains(const std::string& s, const std::string& sub) {
+  return s.find(sub) != std::string::npos;
+}
 
 json load_json(const std::string& path) {
   auto text = read_text_file(path);
@@ -175,8 +184,8 @@ void expect_wikitext(const Tokenizer& tok, const json& golden, const std::string
   auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> ids = tok.encode(*text);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("[ %s ] WikiText-2 test (%zu bytes): %zu tokens in %.3f s\n", what.c_str(), text->size(), ids.size(),
-              secs);
+  std::printf("[ %s ] WikiText-2 test (%zu bytes): %zu tokens in %.3f s\n", what.c_str(), text->size(),
+              ids.size(), secs);
   EXPECT_EQ(int64_t(ids.size()), golden["count"].get<int64_t>()) << what;
   EXPECT_EQ(sha256_ids(ids), golden["sha256_int32_le"].get<std::string>()) << what;
   if (golden.contains("first_ids")) {
@@ -258,7 +267,9 @@ TEST_F(SmolLM2Tokenizer, HardStringsMatchHf) {
   EXPECT_GE(round_trips, cases.size() - 10);
 }
 
-TEST_F(SmolLM2Tokenizer, WikiText2MatchesHf) { expect_wikitext(tok(), golden()["model"]["wikitext2"], "SmolLM2 GGUF"); }
+TEST_F(SmolLM2Tokenizer, WikiText2MatchesHf) {
+  expect_wikitext(tok(), golden()["model"]["wikitext2"], "SmolLM2 GGUF");
+}
 
 TEST_F(SmolLM2Tokenizer, SpecialTokensAndConfig) {
   EXPECT_EQ(tok().vocab_size(), golden()["vocab_size"].get<int32_t>());
@@ -305,8 +316,10 @@ TEST_F(SmolLM2Tokenizer, TransformersGgufPreTokenizerVariant) {
   testing::TempDir dir;
   auto plain = load_json_text(dir, j.dump());
   ASSERT_TRUE(plain) << plain.message();
-  expect_cases(*plain, read_cases(golden()["transformers_gguf"]["strings"]), "SmolLM2 as transformers loads the GGUF");
-  expect_wikitext(*plain, golden()["transformers_gguf"]["wikitext2"], "SmolLM2 as transformers loads the GGUF");
+  expect_cases(*plain, read_cases(golden()["transformers_gguf"]["strings"]),
+               "SmolLM2 as transformers loads the GGUF");
+  expect_wikitext(*plain, golden()["transformers_gguf"]["wikitext2"],
+                  "SmolLM2 as transformers loads the GGUF");
 }
 
 TEST_F(SmolLM2Tokenizer, ConcurrentEncodesAgree) {
@@ -361,7 +374,7 @@ TEST(ByteFallbackTokenizer, TokenizerJsonMatchesHf) {
   EXPECT_EQ(tok->encode("hi", true).front(), 1);
   // Bytes outside the learned vocabulary become <0xXX> tokens, and decode back.
   std::vector<int32_t> ids = tok->encode("\xE4\xB8\xAD");  // 中
-  EXPECT_EQ(ids.size(), 4u);                                 // "▁" and three byte tokens
+  EXPECT_EQ(ids.size(), 4u);                               // "▁" and three byte tokens
   EXPECT_EQ(tok->token_text(ids[1]), "<0xE4>");
   EXPECT_EQ(tok->decode(ids), "\xE4\xB8\xAD");
 }
@@ -459,7 +472,8 @@ class MalformedTokenizerJson : public ::testing::Test {
     ASSERT_FALSE(tok) << "loaded a malformed tokenizer.json: " << text.substr(0, 200);
     const std::string path = dir_.file("tokenizer.json");
     EXPECT_TRUE(contains(tok.message(), path)) << tok.message();
-    for (const std::string& s : subs) EXPECT_TRUE(contains(tok.message(), s)) << "missing '" << s << "' in: " << tok.message();
+    for (const std::string& s : subs)
+      EXPECT_TRUE(contains(tok.message(), s)) << "missing '" << s << "' in: " << tok.message();
   }
   void expect_error(const json& j, std::initializer_list<std::string> subs) { expect_error(j.dump(), subs); }
 
@@ -553,8 +567,11 @@ TEST_F(MalformedTokenizerJson, Stages) {
   expect_error(j, {"pre_tokenizer.type", "Whitespace", "not supported"});
   j = minimal();
   j["pre_tokenizer"] = {{"type", "Sequence"},
-                        {"pretokenizers", {{{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}},
-                                            {"behavior", "Isolated"}, {"invert", false}}}}};
+                        {"pretokenizers",
+                         {{{"type", "Split"},
+                           {"pattern", {{"Regex", "(unclosed"}}},
+                           {"behavior", "Isolated"},
+                           {"invert", false}}}}};
   expect_error(j, {"pre_tokenizer.pretokenizers[0].pattern", "(unclosed"});
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "a"}};
   j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
@@ -582,6 +599,14 @@ TEST_F(MalformedTokenizerJson, Stages) {
   j = minimal();
   j["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"[SEP]"}}};
   expect_error(j, {"post_processor"});
+}
+
+TEST_F(MalformedTokenizerJson, DeeplyNestedSequences) {
+  json pre = {{"type", "ByteLevel"}};
+  for (int i = 0; i < 1000; ++i) pre = {{"type", "Sequence"}, {"pretokenizers", json::array({pre})}};
+  json j = minimal();
+  j["pre_tokenizer"] = pre;
+  expect_error(j, {"pre_tokenizer.pretokenizers[0]", "nested too deeply"});
 }
 
 TEST_F(MalformedTokenizerJson, AddedTokens) {
@@ -699,7 +724,8 @@ class MalformedGgufTokenizer : public ::testing::Test {
     auto tok = load(w);
     ASSERT_FALSE(tok) << "loaded a malformed GGUF tokenizer";
     EXPECT_TRUE(contains(tok.message(), path_)) << tok.message();
-    for (const std::string& s : subs) EXPECT_TRUE(contains(tok.message(), s)) << "missing '" << s << "' in: " << tok.message();
+    for (const std::string& s : subs)
+      EXPECT_TRUE(contains(tok.message(), s)) << "missing '" << s << "' in: " << tok.message();
   }
   testing::TempDir dir_;
   std::string path_ = dir_.file("t.gguf");
@@ -731,8 +757,9 @@ TEST_F(MalformedGgufTokenizer, MissingOrWrongKeys) {
 
 TEST_F(MalformedGgufTokenizer, BadMerges) {
   GgufWriter w;
-  w.str("tokenizer.ggml.model", "gpt2").strs("tokenizer.ggml.tokens", {"a", "b", "ab"}).strs("tokenizer.ggml.merges",
-                                                                                              {"a b", "a z"});
+  w.str("tokenizer.ggml.model", "gpt2")
+      .strs("tokenizer.ggml.tokens", {"a", "b", "ab"})
+      .strs("tokenizer.ggml.merges", {"a b", "a z"});
   expect_error(w, {"tokenizer.ggml.merges[1]", "'z'"});
 }
 
@@ -755,6 +782,19 @@ TEST_F(MalformedGgufTokenizer, SentencePieceNeedsMergesOrScores) {
   // "▁ab": Metaspace prepends "▁"; "a"+"b" merge (recovered from the score of "ab").
   EXPECT_EQ(tok->encode("ab"), (std::vector<int32_t>{4, 3}));
   EXPECT_EQ(tok->decode(tok->encode("ab ba")), "ab ba");
+}
+
+// A control token that is not well-formed UTF-8 (possible in a GGUF) is never matched in text.
+TEST_F(MalformedGgufTokenizer, IllFormedControlTokenIsIgnored) {
+  GgufWriter w;
+  w.str("tokenizer.ggml.model", "llama")
+      .strs("tokenizer.ggml.tokens", {"<unk>", "a", "b", "ab", "\xE2\x96\x81", "\x80", "\xC3"})
+      .f32s("tokenizer.ggml.scores", {0, -1, -2, -3, -4, -5, -6})
+      .i32s("tokenizer.ggml.token_type", {2, 1, 1, 1, 1, 3, 3});
+  auto tok = load(w);
+  ASSERT_TRUE(tok) << tok.message();
+  EXPECT_EQ(tok->encode("ab\xC3\xA9"),
+            (std::vector<int32_t>{4, 3}));  // "é" has no token and no byte fallback
 }
 
 TEST(Tokenizer, DefaultConstructedIsEmptyAndSafe) {
