@@ -1,0 +1,34 @@
+// The decoder layer of the Llama family described as data: its linears, which input each one reads,
+// and what feeds that input (a norm whose gamma or a linear whose rows can absorb a per-channel scale).
+// Quantization pipelines walk this table instead of branching on the architecture.
+#pragma once
+
+#include <array>
+
+#include "model/llama.h"
+
+namespace qforge {
+
+struct LinearSpec {
+  const char* name;            // "self_attn.q_proj"
+  LinearInput input;           // the input slot (shared by q/k/v and by gate/up)
+  Tensor LayerWeights::*weight;  // [out, in]
+  Tensor LayerWeights::*bias;    // nullptr when the linear has no bias in this family
+};
+
+// In true-sequential order (q,k,v -> o -> gate,up -> down).
+inline constexpr std::array<LinearSpec, 7> kLlamaLinears = {{
+    {"self_attn.q_proj", LinearInput::kQKV, &LayerWeights::wq, &LayerWeights::bq},
+    {"self_attn.k_proj", LinearInput::kQKV, &LayerWeights::wk, &LayerWeights::bk},
+    {"self_attn.v_proj", LinearInput::kQKV, &LayerWeights::wv, &LayerWeights::bv},
+    {"self_attn.o_proj", LinearInput::kO, &LayerWeights::wo, nullptr},
+    {"mlp.gate_proj", LinearInput::kGateUp, &LayerWeights::w_gate, nullptr},
+    {"mlp.up_proj", LinearInput::kGateUp, &LayerWeights::w_up, nullptr},
+    {"mlp.down_proj", LinearInput::kDown, &LayerWeights::w_down, nullptr},
+}};
+
+// The input slots in the order a layer's forward reaches them.
+inline constexpr std::array<LinearInput, 4> kLlamaInputOrder = {LinearInput::kQKV, LinearInput::kO,
+                                                                LinearInput::kGateUp, LinearInput::kDown};
+
+}  // namespace qforge

@@ -1,0 +1,55 @@
+// The sequential, memory-bounded quantization pipeline (as the GPTQ reference runs it): the inputs of
+// decoder layer 0 are computed once from the calibration windows; for each layer, the inputs of its
+// linears are captured, the linears quantized (in true-sequential order for GPTQ: q,k,v -> o -> gate,up
+// -> down, each stage seeing the outputs of the already quantized ones), and the layer's outputs are
+// recomputed with the quantized weights to feed the next layer. Only one layer's activations live at a
+// time. The model's weights are replaced in place by their dequantized values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "model/llama.h"
+#include "quant/gptq.h"
+#include "quant/quant_config.h"
+
+namespace qforge::quant {
+
+enum class Method { kRtn, kGptq };
+const char* method_name(Method m);
+
+struct PipelineOptions {
+  Method method = Method::kGptq;
+  QuantConfig quant;
+  GptqOptions gptq;
+  bool progress = true;
+};
+
+struct LinearReport {
+  std::string name;   // "model.layers.3.mlp.down_proj"
+  int layer = 0;
+  int64_t out = 0, in = 0;
+  // Output error proxy on the calibration inputs: tr((W - Q) H (W - Q)^T) / 2 with H = 2/n sum x x^T,
+  // i.e. the mean over calibration tokens of ||(W - Q) x||^2 (0 when no calibration ran: RTN).
+  double output_error = 0;
+  double gptq_loss = 0;       // GPTQ's own loss sum (GPTQ only)
+  double damp_percent = 0;    // GPTQ: damping actually used
+  int64_t dead_columns = 0;   // GPTQ: inputs never active in the calibration set
+  double weight_mse = 0;      // mean (w - q)^2
+  double seconds = 0;
+};
+
+struct PipelineReport {
+  std::vector<LinearReport> linears;
+  double seconds = 0;
+  int64_t calibration_tokens = 0;
+};
+
+// Validates every linear against the config first (a group size that does not divide a layer is an
+// error naming the layer), then quantizes. `calibration` may be empty for RTN.
+Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
+                                        const PipelineOptions& opt);
+
+}  // namespace qforge::quant

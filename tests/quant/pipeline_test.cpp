@@ -1,0 +1,172 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "eval/perplexity.h"
+#include "model/layer_spec.h"
+#include "quant/calibration.h"
+#include "quant/pipeline.h"
+#include "quant/rtn.h"
+#include "test_util.h"
+
+namespace qforge::quant {
+namespace {
+
+// A small random Llama whose hidden size (64) takes group sizes 32/64 and whose MLP (96) only 32.
+LlamaModel tiny_model(uint64_t seed) {
+  ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.vocab_size = 64;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.max_position_embeddings = 128;
+  c.tie_word_embeddings = true;
+  ModelWeights w;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.3f);
+  for (TensorSlot& s : tensor_slots(c, w)) {
+    *s.tensor = Tensor(DType::kF32, s.shape);
+    const bool norm = s.name.find("norm") != std::string::npos;
+    for (int64_t i = 0; i < s.tensor->numel(); ++i) s.tensor->f32()[i] = norm ? 1.0f : d(rng);
+  }
+  // Correlated activations make GPTQ's error feedback matter: a few large embedding channels.
+  for (int64_t v = 0; v < c.vocab_size; ++v)
+    for (int64_t ch : {3, 17, 40}) w.embed.f32()[v * c.hidden_size + ch] *= 8.0f;
+  return LlamaModel(c, std::move(w));
+}
+
+std::vector<std::vector<int32_t>> random_windows(int64_t n, int64_t L, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(n));
+  for (auto& w : out) {
+    w.resize(static_cast<size_t>(L));
+    for (auto& t : w) t = int32_t(rng() % 64);
+  }
+  return out;
+}
+
+TEST(Pipeline, RtnReplacesEveryLinearWithItsRtnDequantization) {
+  LlamaModel m = tiny_model(1), orig = tiny_model(1);
+  PipelineOptions opt;
+  opt.method = Method::kRtn;
+  opt.quant.bits = 4;
+  opt.quant.group_size = 32;
+  opt.progress = false;
+  auto rep = quantize_model(m, {}, opt);
+  ASSERT_TRUE(rep) << rep.message();
+  EXPECT_EQ(rep->linears.size(), 14u);
+  for (int l = 0; l < 2; ++l)
+    for (const LinearSpec& s : kLlamaLinears) {
+      const Tensor& W = orig.weights().layers[size_t(l)].*s.weight;
+      auto q = rtn_quantize(W.f32(), W.shape()[0], W.shape()[1], opt.quant, s.name);
+      ASSERT_TRUE(q);
+      Tensor want = q->dequantize();
+      const Tensor& got = m.weights().layers[size_t(l)].*s.weight;
+      ASSERT_EQ(0, std::memcmp(want.f32(), got.f32(), want.nbytes())) << s.name;
+    }
+  // Norms and embeddings untouched.
+  EXPECT_EQ(0, std::memcmp(m.weights().embed.f32(), orig.weights().embed.f32(), orig.weights().embed.nbytes()));
+}
+
+// On the model's own calibration distribution, GPTQ's quantized model is closer to FP than RTN's
+// (KL divergence of next-token distributions on held-out windows).
+TEST(Pipeline, GptqIsCloserToFullPrecisionThanRtn) {
+  const LlamaModel fp = tiny_model(2);
+  auto calib = random_windows(16, 32, 3);
+  std::vector<int32_t> held;
+  for (const auto& w : random_windows(8, 32, 4)) held.insert(held.end(), w.begin(), w.end());
+  EvalOptions eo;
+  eo.ctx = 32;
+  eo.progress = false;
+  double kl[2];
+  for (int i = 0; i < 2; ++i) {
+    LlamaModel m = tiny_model(2);
+    PipelineOptions opt;
+    opt.method = i == 0 ? Method::kRtn : Method::kGptq;
+    opt.quant.bits = 4;
+    opt.quant.group_size = 32;
+    opt.progress = false;
+    auto rep = quantize_model(m, calib, opt);
+    ASSERT_TRUE(rep) << rep.message();
+    if (i == 1) {
+      EXPECT_EQ(rep->calibration_tokens, 16 * 32);
+      for (const auto& r : rep->linears) {
+        EXPECT_GT(r.output_error, 0.0) << r.name;
+        EXPECT_GT(r.gptq_loss, 0.0) << r.name;
+      }
+    }
+    auto res = evaluate_perplexity(m, held, eo, &fp);
+    ASSERT_TRUE(res) << res.message();
+    kl[i] = res->mean_kl;
+  }
+  std::printf("KL to FP: RTN %.5f, GPTQ %.5f\n", kl[0], kl[1]);
+  EXPECT_LT(kl[1], 0.8 * kl[0]);
+}
+
+TEST(Pipeline, GroupSizeNotDividingALayerNamesIt) {
+  LlamaModel m = tiny_model(1);
+  PipelineOptions opt;
+  opt.method = Method::kRtn;
+  opt.quant.group_size = 64;  // divides 64 but not the MLP's 96
+  opt.progress = false;
+  auto rep = quantize_model(m, {}, opt);
+  ASSERT_FALSE(rep);
+  EXPECT_NE(rep.message().find("model.layers.0.mlp.down_proj"), std::string::npos) << rep.message();
+  EXPECT_NE(rep.message().find("96"), std::string::npos) << rep.message();
+}
+
+TEST(Pipeline, GptqWithoutCalibrationIsAnError) {
+  LlamaModel m = tiny_model(1);
+  PipelineOptions opt;
+  opt.quant.group_size = 32;
+  opt.progress = false;
+  auto rep = quantize_model(m, {}, opt);
+  ASSERT_FALSE(rep);
+  EXPECT_NE(rep.message().find("calibration data is required"), std::string::npos) << rep.message();
+}
+
+TEST(Calibration, ReadsPlainTextAndJsonLines) {
+  testing::TempDir d;
+  std::ofstream(d.file("a.txt")) << "plain text\nsecond line\n";
+  auto a = read_calibration_text(d.file("a.txt"));
+  ASSERT_TRUE(a) << a.message();
+  EXPECT_EQ(*a, "plain text\nsecond line\n");
+  std::ofstream(d.file("b.jsonl")) << "{\"text\": \"one\"}\n\n{\"text\": \"two\", \"id\": 2}\n";
+  auto b = read_calibration_text(d.file("b.jsonl"));
+  ASSERT_TRUE(b) << b.message();
+  EXPECT_EQ(*b, "one\n\ntwo");
+  std::ofstream(d.file("c.jsonl")) << "{\"text\": \"one\"}\n{\"txt\": 3}\n";
+  auto c = read_calibration_text(d.file("c.jsonl"));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.message().find("c.jsonl:2"), std::string::npos) << c.message();
+  std::ofstream(d.file("e.txt")) << "  \n\n";
+  auto e = read_calibration_text(d.file("e.txt"));
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.message().find("empty"), std::string::npos);
+}
+
+TEST(Calibration, SeededWindowsAreReproducibleAndShortTextIsAnError) {
+  std::vector<int32_t> toks(1000);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t(i);
+  auto a = sample_calibration_windows(toks, 4, 100, 7, "x");
+  auto b = sample_calibration_windows(toks, 4, 100, 7, "x");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(*a, *b);
+  for (const auto& w : *a) {
+    ASSERT_EQ(w.size(), 100u);
+    for (size_t i = 1; i < w.size(); ++i) EXPECT_EQ(w[i], w[i - 1] + 1);  // contiguous windows
+  }
+  auto s = sample_calibration_windows(std::vector<int32_t>(50, 1), 4, 100, 7, "short.txt");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.message().find("short.txt: calibration text has 50 tokens"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace qforge::quant
