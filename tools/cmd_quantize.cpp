@@ -1,4 +1,4 @@
-// qforge quantize --model M --method rtn|gptq --bits B --group-size G [--sym] [--act-order]
+// qforge quantize --model M --method rtn|gptq|awq|awq-gptq --bits B --group-size G [--sym] [--act-order]
 //                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] --out DIR [--report JSON]
 // Writes the quantized model as a Hugging Face directory of dequantized weights (what `qforge eval`
 // scores) plus quantization_report.json with the per-linear statistics.
@@ -21,7 +21,9 @@ namespace qforge::tools {
 namespace {
 
 struct QuantizeArgs {
-  std::string model, method = "gptq", out, report, calib;
+  std::string model, method = "gptq", out, report, calib, grid;
+  int64_t awq_search_samples = 0;
+  bool no_awq_clip = false;
   int bits = 4;
   int64_t group_size = 128;
   bool sym = false, act_order = false, static_groups = false;
@@ -39,7 +41,10 @@ int64_t peak_rss_kb() {
 
 Status run_quantize(const QuantizeArgs& a) {
   ops::set_num_threads(a.threads);
-  const std::map<std::string, quant::Method> kMethods = {{"rtn", quant::Method::kRtn}, {"gptq", quant::Method::kGptq}};
+  const std::map<std::string, quant::Method> kMethods = {{"rtn", quant::Method::kRtn},
+                                                          {"gptq", quant::Method::kGptq},
+                                                          {"awq", quant::Method::kAwq},
+                                                          {"awq-gptq", quant::Method::kAwqGptq}};
   quant::PipelineOptions opt;
   opt.method = kMethods.at(a.method);
   opt.quant.bits = a.bits;
@@ -48,6 +53,12 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.gptq.damp_percent = a.damp;
   opt.gptq.act_order = a.act_order;
   opt.gptq.static_groups = a.static_groups;
+  // Each method's own grid by default: AWQ's [min, max] grid for AWQ (AutoAWQ), GPTQ's zero-inclusive grid
+  // for GPTQ and RTN (the GPTQ reference's RTN baseline) and for AWQ+GPTQ.
+  const std::string grid = a.grid.empty() ? (a.method == "awq" ? "awq" : "gptq") : a.grid;
+  opt.quant.grid = grid == "awq" ? quant::QuantGrid::kAwq : quant::QuantGrid::kGptq;
+  opt.awq_search_samples = a.awq_search_samples;
+  opt.awq_clip = !a.no_awq_clip;
 
   QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
   std::vector<std::vector<int32_t>> calib;
@@ -71,6 +82,7 @@ Status run_quantize(const QuantizeArgs& a) {
   j["act_order"] = a.act_order;
   j["static_groups"] = a.static_groups;
   j["damp_percent"] = a.damp;
+  j["grid"] = grid;
   j["calibration"] = {{"file", a.calib}, {"samples", a.calib_samples}, {"seqlen", a.calib_seqlen}, {"seed", a.seed},
                       {"tokens", rep.calibration_tokens}};
   j["seconds"] = rep.seconds;
@@ -81,6 +93,15 @@ Status run_quantize(const QuantizeArgs& a) {
                    {"output_error", r.output_error}, {"gptq_loss", r.gptq_loss}, {"damp_percent", r.damp_percent},
                    {"dead_columns", r.dead_columns}, {"weight_mse", r.weight_mse}, {"seconds", r.seconds}});
   j["linears"] = lin;
+  nlohmann::json groups = nlohmann::json::array();
+  for (const auto& g : rep.awq_groups) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto& [ch, sc] : g.top_scales) top.push_back({{"channel", ch}, {"scale", sc}});
+    groups.push_back({{"name", g.name}, {"fold_into", g.fold_into}, {"skipped", g.skipped},
+                      {"best_alpha", g.best_alpha}, {"err_before", g.err_before}, {"err_after", g.err_after},
+                      {"top_scales", top}});
+  }
+  if (!rep.awq_groups.empty()) j["awq_groups"] = groups;
   const std::string report = j.dump(2) + "\n";
 
   HfExportOptions eo;
@@ -94,7 +115,20 @@ Status run_quantize(const QuantizeArgs& a) {
   std::sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.output_error > y.output_error; });
   fmt::print("{} {}-bit g{}{}: {} linears in {:.1f}s, peak RSS {:.0f} MiB -> {}\n", a.method, a.bits, a.group_size,
              a.act_order ? " act-order" : "", rep.linears.size(), rep.seconds, double(peak_rss_kb()) / 1024.0, a.out);
-  if (opt.method != quant::Method::kRtn) {
+  if (!rep.awq_groups.empty()) {
+    fmt::print("AWQ scales (alpha, block error before -> after, largest scales as channel:scale):\n");
+    for (const auto& g : rep.awq_groups) {
+      if (!g.skipped.empty()) {
+        fmt::print("  {:<48} skipped: {}\n", g.name, g.skipped);
+        continue;
+      }
+      std::string top;
+      for (const auto& [ch, sc] : g.top_scales) top += fmt::format(" {}:{:.2f}", ch, sc);
+      fmt::print("  {:<48} alpha {:.2f}  {:10.4g} -> {:10.4g} ({:+.1f}%) {}\n", g.name, g.best_alpha, g.err_before,
+                 g.err_after, g.err_before > 0 ? 100.0 * (g.err_after / g.err_before - 1.0) : 0.0, top);
+    }
+  }
+  if (opt.method == quant::Method::kGptq || opt.method == quant::Method::kAwqGptq) {
     fmt::print("largest output errors (mean ||(W-Q)x||^2 over calibration tokens):\n");
     for (size_t i = 0; i < std::min<size_t>(5, sorted.size()); ++i)
       fmt::print("  {:<40} {:12.5g}  gptq loss {:12.5g}\n", sorted[i].name, sorted[i].output_error, sorted[i].gptq_loss);
@@ -108,9 +142,15 @@ Command make_quantize_command() {
   auto args = std::make_shared<QuantizeArgs>();
   Command c;
   c.declare = [args](CLI::App& app) {
-    CLI::App* sub = app.add_subcommand("quantize", "Quantize a model (RTN, GPTQ) layer by layer");
+    CLI::App* sub = app.add_subcommand("quantize", "Quantize a model (RTN, GPTQ, AWQ, AWQ+GPTQ) layer by layer");
     sub->add_option("--model", args->model, "model directory or .gguf file")->required();
-    sub->add_option("--method", args->method, "quantization method")->check(CLI::IsMember({"rtn", "gptq"}));
+    sub->add_option("--method", args->method, "quantization method")->check(CLI::IsMember({"rtn", "gptq", "awq", "awq-gptq"}));
+    sub->add_option("--grid", args->grid, "min/max grid: gptq (range includes 0) or awq ([min, max]); default per method")
+        ->check(CLI::IsMember({"gptq", "awq"}));
+    sub->add_option("--awq-search-samples", args->awq_search_samples,
+                    "AWQ: calibration windows the scale search runs the block on (0: all)")
+        ->check(CLI::NonNegativeNumber);
+    sub->add_flag("--no-awq-clip", args->no_awq_clip, "AWQ: skip the clipping search");
     sub->add_option("--bits", args->bits, "weight bits")->check(CLI::Range(2, 8));
     sub->add_option("--group-size", args->group_size, "weights per group along the input (0: per channel)")
         ->check(CLI::IsMember({0, 32, 64, 128}));

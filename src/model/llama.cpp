@@ -107,41 +107,56 @@ void LlamaModel::rope_tables(int64_t pos0, int64_t T, std::vector<float>& cos, s
     }
 }
 
+void LlamaModel::attention_forward(int layer, const float* xn, int64_t T, int64_t pos0, float* k_cache,
+                                   float* v_cache, const AttentionWeights& w, float* out,
+                                   const LinearInputHook& hook) const {
+  const ModelConfig& c = config_;
+  const LayerWeights& L = weights_.layers[size_t(layer)];
+  const int64_t H = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim();
+  const int64_t hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  std::vector<float> cos, sin;
+  rope_tables(pos0, T, cos, sin);
+  std::vector<float> q(size_t(T * Q)), attn(size_t(T * Q));
+  float* k_new = k_cache + pos0 * KV;
+  float* v_new = v_cache + pos0 * KV;
+  ops::linear(xn, T, H, H, w.wq ? w.wq : L.wq.f32(), Q, L.bq.empty() ? nullptr : L.bq.f32(), q.data(), Q);
+  ops::linear(xn, T, H, H, w.wk ? w.wk : L.wk.f32(), KV, L.bk.empty() ? nullptr : L.bk.f32(), k_new, KV);
+  ops::linear(xn, T, H, H, w.wv ? w.wv : L.wv.f32(), KV, L.bv.empty() ? nullptr : L.bv.f32(), v_new, KV);
+  ops::rope_apply(q.data(), T, nh, hd, cos.data(), sin.data());
+  ops::rope_apply(k_new, T, nkv, hd, cos.data(), sin.data());
+  ops::attention_causal(q.data(), T, pos0, k_cache, v_cache, nh, nkv, hd, attn.data());
+  if (hook) hook(layer, LinearInput::kO, attn.data(), T, Q);
+  ops::linear(attn.data(), T, Q, Q, w.wo ? w.wo : L.wo.f32(), H, nullptr, out, H);
+}
+
+void LlamaModel::mlp_forward(int layer, const float* xn, int64_t T, const MlpWeights& w, float* out,
+                             const LinearInputHook& hook) const {
+  const LayerWeights& L = weights_.layers[size_t(layer)];
+  const int64_t H = config_.hidden_size, I = config_.intermediate_size;
+  std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
+  ops::linear(xn, T, H, H, w.w_gate ? w.w_gate : L.w_gate.f32(), I, nullptr, gate.data(), I);
+  ops::linear(xn, T, H, H, w.w_up ? w.w_up : L.w_up.f32(), I, nullptr, up.data(), I);
+  ops::silu_mul(gate.data(), up.data(), gate.data(), T * I);
+  if (hook) hook(layer, LinearInput::kDown, gate.data(), T, I);
+  ops::linear(gate.data(), T, I, I, w.w_down ? w.w_down : L.w_down.f32(), H, nullptr, out, H);
+}
+
 void LlamaModel::decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
                                const LinearInputHook& hook) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[size_t(layer)];
-  const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim();
-  const int64_t hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  const int64_t H = c.hidden_size;
   const float eps = float(c.rms_norm_eps);
+  std::vector<float> xn(size_t(T * H)), tmp(size_t(T * H));
 
-  std::vector<float> cos, sin;
-  rope_tables(pos0, T, cos, sin);
-
-  std::vector<float> xn(size_t(T * H)), q(size_t(T * Q)), attn(size_t(T * Q)), tmp(size_t(T * H));
   ops::rms_norm(x, T, H, L.attn_norm.f32(), eps, xn.data());
   if (hook) hook(layer, LinearInput::kQKV, xn.data(), T, H);
-  float* k_new = k_cache + pos0 * KV;
-  float* v_new = v_cache + pos0 * KV;
-  ops::linear(xn.data(), T, H, H, L.wq.f32(), Q, L.bq.empty() ? nullptr : L.bq.f32(), q.data(), Q);
-  ops::linear(xn.data(), T, H, H, L.wk.f32(), KV, L.bk.empty() ? nullptr : L.bk.f32(), k_new, KV);
-  ops::linear(xn.data(), T, H, H, L.wv.f32(), KV, L.bv.empty() ? nullptr : L.bv.f32(), v_new, KV);
-  ops::rope_apply(q.data(), T, nh, hd, cos.data(), sin.data());
-  ops::rope_apply(k_new, T, nkv, hd, cos.data(), sin.data());
-
-  ops::attention_causal(q.data(), T, pos0, k_cache, v_cache, nh, nkv, hd, attn.data());
-  if (hook) hook(layer, LinearInput::kO, attn.data(), T, Q);
-  ops::linear(attn.data(), T, Q, Q, L.wo.f32(), H, nullptr, tmp.data(), H);
+  attention_forward(layer, xn.data(), T, pos0, k_cache, v_cache, {}, tmp.data(), hook);
   for (int64_t i = 0; i < T * H; ++i) x[i] += tmp[size_t(i)];
 
   ops::rms_norm(x, T, H, L.mlp_norm.f32(), eps, xn.data());
   if (hook) hook(layer, LinearInput::kGateUp, xn.data(), T, H);
-  std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
-  ops::linear(xn.data(), T, H, H, L.w_gate.f32(), I, nullptr, gate.data(), I);
-  ops::linear(xn.data(), T, H, H, L.w_up.f32(), I, nullptr, up.data(), I);
-  ops::silu_mul(gate.data(), up.data(), gate.data(), T * I);
-  if (hook) hook(layer, LinearInput::kDown, gate.data(), T, I);
-  ops::linear(gate.data(), T, I, I, L.w_down.f32(), H, nullptr, tmp.data(), H);
+  mlp_forward(layer, xn.data(), T, {}, tmp.data(), hook);
   for (int64_t i = 0; i < T * H; ++i) x[i] += tmp[size_t(i)];
 }
 

@@ -79,6 +79,27 @@ class LlamaModel {
   // logits[n, V] = hidden[n, H] @ output_matrix^T
   void logits(const float* hidden, int64_t n, float* out) const;
 
+  // Weight overrides for the module forwards below (null: the model's own). AWQ's search runs a module
+  // with candidate weights without touching the model.
+  struct AttentionWeights {
+    const float* wq = nullptr;  // [q_dim, H]
+    const float* wk = nullptr;  // [kv_dim, H]
+    const float* wv = nullptr;  // [kv_dim, H]
+    const float* wo = nullptr;  // [H, q_dim]
+  };
+  struct MlpWeights {
+    const float* w_gate = nullptr;  // [I, H]
+    const float* w_up = nullptr;    // [I, H]
+    const float* w_down = nullptr;  // [H, I]
+  };
+  // Self-attention module of `layer` on normed input xn[T, H] at positions pos0..: out[T, H] = o_proj(attn).
+  // Writes the new K/V rows into the caches ([pos0+T, kv_dim] at least).
+  void attention_forward(int layer, const float* xn, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
+                         const AttentionWeights& w, float* out, const LinearInputHook& hook = nullptr) const;
+  // MLP module: out[T, H] = down(silu(gate xn) * up xn).
+  void mlp_forward(int layer, const float* xn, int64_t T, const MlpWeights& w, float* out,
+                   const LinearInputHook& hook = nullptr) const;
+
   // Runs one decoder layer in place on x[T, H] (positions start at `pos0`) with the given cache
   // buffers; exposed for layer-by-layer pipelines (calibration).
   void decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,

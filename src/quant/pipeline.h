@@ -12,19 +12,38 @@
 
 #include "core/status.h"
 #include "model/llama.h"
+#include "quant/awq.h"
 #include "quant/gptq.h"
 #include "quant/quant_config.h"
 
 namespace qforge::quant {
 
-enum class Method { kRtn, kGptq };
+// kAwq: AWQ scales (folded into the preceding norm or linear) and clipping, then RTN.
+// kAwqGptq: AWQ scales and clipping first, then GPTQ on the scaled weights.
+enum class Method { kRtn, kGptq, kAwq, kAwqGptq };
 const char* method_name(Method m);
 
 struct PipelineOptions {
   Method method = Method::kGptq;
   QuantConfig quant;
   GptqOptions gptq;
+  AwqOptions awq;
+  // AWQ's scale search runs each candidate through the block on the first `awq_search_samples`
+  // calibration windows (0: all); the activation statistics and the clipping search use all windows.
+  int64_t awq_search_samples = 0;
+  bool awq_clip = true;
   bool progress = true;
+};
+
+// What AWQ did to one group of linears sharing an input.
+struct AwqGroupReport {
+  std::string name;       // "model.layers.3.mlp.gate_proj+up_proj"
+  std::string fold_into;  // "model.layers.3.post_attention_layernorm" or a linear; "" when skipped
+  std::string skipped;    // why the group was not scaled ("" when it was)
+  double best_alpha = 0;
+  double err_before = 0;  // block output error of plain RTN (s = 1)
+  double err_after = 0;   // at the chosen alpha
+  std::vector<std::pair<int64_t, float>> top_scales;  // largest scales with their input channels
 };
 
 struct LinearReport {
@@ -43,6 +62,7 @@ struct LinearReport {
 
 struct PipelineReport {
   std::vector<LinearReport> linears;
+  std::vector<AwqGroupReport> awq_groups;
   double seconds = 0;
   int64_t calibration_tokens = 0;
 };

@@ -110,6 +110,51 @@ TEST(Pipeline, GptqIsCloserToFullPrecisionThanRtn) {
   EXPECT_LT(kl[1], 0.8 * kl[0]);
 }
 
+// AWQ and AWQ+GPTQ: the built-in scale-equivalence check passes (no error), every group but the GQA
+// v->o one is scaled and folded, and both end closer to FP than RTN on the same grid.
+TEST(Pipeline, AwqScalesFoldAndBeatRtn) {
+  const LlamaModel fp = tiny_model(5);
+  auto calib = random_windows(16, 32, 6);
+  std::vector<int32_t> held;
+  for (const auto& w : random_windows(8, 32, 7)) held.insert(held.end(), w.begin(), w.end());
+  EvalOptions eo;
+  eo.ctx = 32;
+  eo.progress = false;
+  double kl[3];
+  const Method methods[3] = {Method::kRtn, Method::kAwq, Method::kAwqGptq};
+  for (int i = 0; i < 3; ++i) {
+    LlamaModel m = tiny_model(5);
+    PipelineOptions opt;
+    opt.method = methods[i];
+    opt.quant.bits = 4;
+    opt.quant.group_size = 32;
+    opt.quant.grid = QuantGrid::kAwq;
+    opt.progress = false;
+    auto rep = quantize_model(m, calib, opt);
+    ASSERT_TRUE(rep) << method_name(methods[i]) << ": " << rep.message();
+    if (methods[i] != Method::kRtn) {
+      ASSERT_EQ(rep->awq_groups.size(), 8u);  // 4 groups x 2 layers
+      for (const auto& g : rep->awq_groups) {
+        if (g.name.find("o_proj") != std::string::npos) {
+          // GQA: v_proj has 32 outputs, o_proj 64 inputs: 1/s cannot be folded into v's rows.
+          EXPECT_FALSE(g.skipped.empty()) << g.name;
+          continue;
+        }
+        EXPECT_TRUE(g.skipped.empty()) << g.name << ": " << g.skipped;
+        EXPECT_LE(g.err_after, g.err_before) << g.name;  // alpha 0 (plain RTN) is in the grid
+        EXPECT_EQ(g.top_scales.size(), 5u);
+      }
+      EXPECT_NE(rep->awq_groups[0].fold_into.find("input_layernorm"), std::string::npos);
+    }
+    auto res = evaluate_perplexity(m, held, eo, &fp);
+    ASSERT_TRUE(res) << res.message();
+    kl[i] = res->mean_kl;
+  }
+  std::printf("KL to FP: RTN %.5f, AWQ %.5f, AWQ+GPTQ %.5f\n", kl[0], kl[1], kl[2]);
+  EXPECT_LT(kl[1], kl[0]);
+  EXPECT_LT(kl[2], kl[0]);
+}
+
 TEST(Pipeline, GroupSizeNotDividingALayerNamesIt) {
   LlamaModel m = tiny_model(1);
   PipelineOptions opt;
