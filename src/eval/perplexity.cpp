@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "core/progress.h"
@@ -27,8 +28,9 @@ double logsumexp(const float* x, int64_t n, int64_t* argmax) {
 
 }  // namespace
 
-Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
-                                         const EvalOptions& opt, const LlamaModel* ref) {
+namespace {
+
+Expected<int64_t> count_windows(const LlamaModel& model, std::span<const int32_t> tokens, const EvalOptions& opt) {
   const int64_t ctx = opt.ctx;
   if (ctx < 2) return error("eval: --ctx must be at least 2, got {}", ctx);
   if (ctx > model.config().max_position_embeddings)
@@ -38,13 +40,66 @@ Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<cons
   if (n_windows == 0)
     return error("eval: the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
   if (opt.max_windows > 0) n_windows = std::min(n_windows, opt.max_windows);
+  return n_windows;
+}
+
+// The shared scoring loop. `ref_hidden(w)` gives the reference's hidden states of window w (or null).
+Expected<EvalResult> score(const LlamaModel& model, std::span<const int32_t> tokens, const EvalOptions& opt,
+                           const LlamaModel* ref, const std::function<Expected<Tensor>(int64_t)>& ref_hidden);
+
+}  // namespace
+
+Expected<ReferenceHidden> compute_reference_hidden(const LlamaModel& ref, std::span<const int32_t> tokens,
+                                                   const EvalOptions& opt) {
+  QF_ASSIGN_OR_RETURN(int64_t n_windows, count_windows(ref, tokens, opt));
+  ReferenceHidden out;
+  out.model = &ref;
+  KVCache cache = ref.make_cache(opt.ctx);
+  Progress bar("reference", n_windows, opt.progress);
+  for (int64_t w = 0; w < n_windows; ++w) {
+    cache.reset();
+    QF_ASSIGN_OR_RETURN(Tensor h, ref.forward_hidden(tokens.data() + w * opt.ctx, opt.ctx, cache));
+    out.windows.push_back(std::move(h));
+    bar.update(w + 1);
+  }
+  bar.finish();
+  return out;
+}
+
+Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
+                                         const EvalOptions& opt, const ReferenceHidden& ref) {
+  QF_ASSIGN_OR_RETURN(int64_t n_windows, count_windows(model, tokens, opt));
+  if (int64_t(ref.windows.size()) != n_windows || !ref.model)
+    return error("eval: reference hidden states cover {} windows, the evaluation needs {}", ref.windows.size(),
+                 n_windows);
+  return score(model, tokens, opt, ref.model, [&](int64_t w) -> Expected<Tensor> {
+    Tensor t(DType::kF32, ref.windows[size_t(w)].shape());
+    std::copy(ref.windows[size_t(w)].f32(), ref.windows[size_t(w)].f32() + t.numel(), t.f32());
+    return t;
+  });
+}
+
+Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
+                                         const EvalOptions& opt, const LlamaModel* ref) {
+  KVCache ref_cache = ref ? ref->make_cache(opt.ctx) : KVCache{};
+  return score(model, tokens, opt, ref, [&](int64_t w) -> Expected<Tensor> {
+    ref_cache.reset();
+    return ref->forward_hidden(tokens.data() + w * opt.ctx, opt.ctx, ref_cache);
+  });
+}
+
+namespace {
+
+Expected<EvalResult> score(const LlamaModel& model, std::span<const int32_t> tokens, const EvalOptions& opt,
+                           const LlamaModel* ref, const std::function<Expected<Tensor>(int64_t)>& ref_hidden) {
+  const int64_t ctx = opt.ctx;
+  QF_ASSIGN_OR_RETURN(int64_t n_windows, count_windows(model, tokens, opt));
   const int64_t V = model.config().vocab_size;
   if (ref && ref->config().vocab_size != V)
     return error("eval: reference vocabulary {} differs from the model's {}", ref->config().vocab_size, V);
 
   const auto t0 = std::chrono::steady_clock::now();
   KVCache cache = model.make_cache(ctx);
-  KVCache ref_cache = ref ? ref->make_cache(ctx) : KVCache{};
   constexpr int64_t kRowsPerChunk = 64;
   std::vector<float> logits(size_t(kRowsPerChunk * V)), ref_logits(ref ? size_t(kRowsPerChunk * V) : 0);
 
@@ -55,16 +110,15 @@ Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<cons
     const int32_t* win = tokens.data() + w * ctx;
     cache.reset();
     QF_ASSIGN_OR_RETURN(Tensor hidden, model.forward_hidden(win, ctx, cache));
-    Tensor ref_hidden;
+    Tensor ref_h;
     if (ref) {
-      ref_cache.reset();
-      QF_ASSIGN_OR_RETURN(ref_hidden, ref->forward_hidden(win, ctx, ref_cache));
+      QF_ASSIGN_OR_RETURN(ref_h, ref_hidden(w));
     }
     const int64_t H = model.config().hidden_size, RH = ref ? ref->config().hidden_size : 0;
     for (int64_t r0 = 0; r0 < ctx - 1; r0 += kRowsPerChunk) {
       const int64_t rows = std::min(kRowsPerChunk, ctx - 1 - r0);
       model.logits(hidden.f32() + r0 * H, rows, logits.data());
-      if (ref) ref->logits(ref_hidden.f32() + r0 * RH, rows, ref_logits.data());
+      if (ref) ref->logits(ref_h.f32() + r0 * RH, rows, ref_logits.data());
       for (int64_t r = 0; r < rows; ++r) {
         const float* lr = logits.data() + r * V;
         int64_t am = 0;
@@ -111,5 +165,7 @@ Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<cons
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
 }
+
+}  // namespace
 
 }  // namespace qforge

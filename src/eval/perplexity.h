@@ -35,4 +35,17 @@ struct EvalResult {
 Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
                                          const EvalOptions& opt, const LlamaModel* ref = nullptr);
 
+// The reference's final hidden states of every evaluation window ([ctx, H] each), computed once, so
+// that scoring many quantized models against one reference costs one reference forward in all.
+struct ReferenceHidden {
+  const LlamaModel* model = nullptr;  // supplies the LM head
+  std::vector<Tensor> windows;
+};
+Expected<ReferenceHidden> compute_reference_hidden(const LlamaModel& ref, std::span<const int32_t> tokens,
+                                                   const EvalOptions& opt);
+// As above, with the reference's hidden states precomputed by compute_reference_hidden (same tokens
+// and options).
+Expected<EvalResult> evaluate_perplexity(const LlamaModel& model, std::span<const int32_t> tokens,
+                                         const EvalOptions& opt, const ReferenceHidden& ref);
+
 }  // namespace qforge

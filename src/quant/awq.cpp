@@ -84,6 +84,11 @@ std::vector<float> scales_for_alpha(const float* x_mean, int64_t C, double alpha
 
 }  // namespace
 
+std::vector<float> awq_scales_for_alpha(const float* x_mean_abs, int64_t C, double alpha) {
+  return scales_for_alpha(x_mean_abs, C, alpha, nullptr);
+}
+
+
 std::vector<std::pair<int64_t, float>> ScaleResult::top_scales(size_t k) const {
   std::vector<std::pair<int64_t, float>> v;
   v.reserve(scales.size());

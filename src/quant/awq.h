@@ -56,6 +56,10 @@ struct ScaleResult {
 // cached calibration input, with `weights` in place of the group's weights: one [out_i, C] row-major matrix
 // per linear, in group order. Writes the module output into `out` (the callee assigns a new Tensor; any
 // shape, the same on every call). Errors propagate out of the search.
+// The scales the search would use at one alpha (without duo scaling): s = max(x_mean^alpha, 1e-4),
+// normalised so that max(s) * min(s) = 1. For ablations that fix alpha instead of searching it.
+std::vector<float> awq_scales_for_alpha(const float* x_mean_abs /*[C]*/, int64_t C, double alpha);
+
 using BlockForward = std::function<Status(std::span<const float* const> weights, Tensor& out)>;
 
 // x_mean[c] = mean over the T tokens of |x[t, c]|, accumulated in double. T >= 1. A NaN/Inf in x is an

@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <random>
 
 #include "core/progress.h"
 #include "model/layer_spec.h"
@@ -19,6 +21,15 @@ const char* method_name(Method m) {
     case Method::kGptq: return "gptq";
     case Method::kAwq: return "awq";
     case Method::kAwqGptq: return "awq+gptq";
+  }
+  return "?";
+}
+
+const char* salient_by_name(SalientBy b) {
+  switch (b) {
+    case SalientBy::kActivation: return "activation";
+    case SalientBy::kWeight: return "weight";
+    case SalientBy::kRandom: return "random";
   }
   return "?";
 }
@@ -88,14 +99,53 @@ void advance(Ctx& c, int l) {
     c.model.decoder_layer(l, c.x.f32() + s * c.L * cfg.hidden_size, c.L, 0, k.f32(), v.f32(), nullptr);
 }
 
+// Indices of the k most salient input channels of W[out, in] (ablation): by mean |x| of the captured
+// input, by mean |w| of the column, or at random.
+std::vector<int64_t> salient_channels(const Tensor& W, const std::vector<double>* act_mean, SalientBy by,
+                                      int64_t k, uint64_t seed) {
+  const int64_t out = W.shape()[0], in = W.shape()[1];
+  std::vector<double> score(static_cast<size_t>(in), 0.0);
+  if (by == SalientBy::kActivation) {
+    score = *act_mean;
+  } else if (by == SalientBy::kWeight) {
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) score[size_t(i)] += std::fabs(W.f32()[o * in + i]);
+  } else {
+    std::mt19937_64 rng(seed);
+    for (auto& v : score) v = std::uniform_real_distribution<double>(0, 1)(rng);
+  }
+  std::vector<int64_t> idx(static_cast<size_t>(in));
+  for (int64_t i = 0; i < in; ++i) idx[size_t(i)] = i;
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int64_t a, int64_t b) { return score[size_t(a)] > score[size_t(b)] || (score[size_t(a)] == score[size_t(b)] && a < b); });
+  idx.resize(size_t(k));
+  return idx;
+}
+
 Status rtn_layer(Ctx& c, int l) {
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
+  const ModelConfig& cfg = c.model.config();
+  const bool keep = c.opt.keep_fp_fraction > 0;
+  std::vector<double> act_mean[4];
+  if (keep && c.opt.keep_fp_by == SalientBy::kActivation) {
+    for (LinearInput slot : kLlamaInputOrder) act_mean[int(slot)].assign(size_t(slot_width(cfg, slot)), 0.0);
+    QF_RETURN_IF_ERROR(capture(c, l, [&](int, LinearInput sl, const float* xin, int64_t T, int64_t in) {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < in; ++i) act_mean[int(sl)][size_t(i)] += std::fabs(xin[t * in + i]);
+    }));
+  }
   for (const LinearSpec& s : kLlamaLinears) {
     const auto ts = Clock::now();
     Tensor& W = lw.*s.weight;
     LinearReport r{linear_name(l, s), l, W.shape()[0], W.shape()[1]};
     QF_ASSIGN_OR_RETURN(QuantizedLinear q, rtn_quantize(W.f32(), r.out, r.in, c.opt.quant, r.name));
     Tensor Q = q.dequantize();
+    if (keep) {
+      const int64_t k = std::max<int64_t>(1, int64_t(std::llround(c.opt.keep_fp_fraction * double(r.in))));
+      const uint64_t seed = c.opt.seed * 1000003u + uint64_t(l) * 16u + uint64_t(&s - kLlamaLinears.data());
+      for (int64_t ch : salient_channels(W, &act_mean[int(s.input)], c.opt.keep_fp_by, k, seed))
+        for (int64_t o = 0; o < r.out; ++o) Q.f32()[o * r.in + ch] = W.f32()[o * r.in + ch];
+    }
     fill_errors(W.f32(), Q, nullptr, r);
     W = std::move(Q);
     r.seconds = seconds_since(ts);
@@ -233,6 +283,17 @@ Status awq_layer(Ctx& c, int l) {
       }
     }
     QF_ASSIGN_OR_RETURN(std::vector<float> mean_abs, awq_mean_abs(Xin.f32(), rows, C, gr.name));
+    gr.fold_into = layer_prefix(l) + g.fold_name;
+    if (c.opt.awq_fixed_alpha >= 0) {  // ablation: no search
+      std::vector<float> sc = awq_scales_for_alpha(mean_abs.data(), C, c.opt.awq_fixed_alpha);
+      gr.best_alpha = c.opt.awq_fixed_alpha;
+      ScaleResult tmp;
+      tmp.scales = sc;
+      gr.top_scales = tmp.top_scales(5);
+      c.rep.awq_groups.push_back(std::move(gr));
+      found.push_back({&g, std::move(sc)});
+      continue;
+    }
     std::vector<const float*> ws;
     std::vector<int64_t> outs;
     for (auto lin : g.linears) {
@@ -244,7 +305,6 @@ Status awq_layer(Ctx& c, int l) {
     };
     QF_ASSIGN_OR_RETURN(ScaleResult sr,
                         awq_search_scales(mean_abs.data(), C, ws, outs, c.opt.quant, c.opt.awq, fwd, gr.name));
-    gr.fold_into = layer_prefix(l) + g.fold_name;
     gr.best_alpha = sr.best_alpha;
     gr.err_before = sr.err_before;
     gr.err_after = sr.err_best;
@@ -313,7 +373,8 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
       QF_RETURN_IF_ERROR(validate_quant_config(opt.quant, W.shape()[1], linear_name(l, s)));
     }
   PipelineReport rep;
-  const bool needs_calib = opt.method != Method::kRtn;
+  const bool needs_calib = opt.method != Method::kRtn ||
+                           (opt.keep_fp_fraction > 0 && opt.keep_fp_by == SalientBy::kActivation);
   const int64_t N = int64_t(calibration.size());
   const int64_t L = N ? int64_t(calibration[0].size()) : 0;
   if (needs_calib && (N == 0 || L < 2))

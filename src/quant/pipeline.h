@@ -23,6 +23,10 @@ namespace qforge::quant {
 enum class Method { kRtn, kGptq, kAwq, kAwqGptq };
 const char* method_name(Method m);
 
+// Ablation of AWQ's premise: which input channels count as salient.
+enum class SalientBy { kActivation, kWeight, kRandom };
+const char* salient_by_name(SalientBy b);
+
 struct PipelineOptions {
   Method method = Method::kGptq;
   QuantConfig quant;
@@ -32,6 +36,13 @@ struct PipelineOptions {
   // calibration windows (0: all); the activation statistics and the clipping search use all windows.
   int64_t awq_search_samples = 0;
   bool awq_clip = true;
+  // Ablation: instead of searching alpha, scale every channel with this fixed alpha (< 0: search).
+  double awq_fixed_alpha = -1;
+  // Ablation (RTN only): keep this fraction of each linear's input channels in full precision, chosen by
+  // mean |activation| (needs calibration), by mean |weight| of the column, or at random (seeded).
+  double keep_fp_fraction = 0;
+  SalientBy keep_fp_by = SalientBy::kActivation;
+  uint64_t seed = 0;
   bool progress = true;
 };
 

@@ -103,6 +103,28 @@ TEST(Perplexity, MatchesDirectComputationOverNonOverlappingWindows) {
   EXPECT_DOUBLE_EQ(r2->top1_agreement, 1.0);
 }
 
+// Precomputed reference hidden states give exactly the result of running the reference each time.
+TEST(Perplexity, CachedReferenceEqualsLiveReference) {
+  LlamaModel m = random_model(1), ref = random_model(2);
+  std::mt19937 rng(5);
+  std::vector<int32_t> toks(100);
+  for (auto& t : toks) t = int32_t(rng() % 50);
+  EvalOptions opt;
+  opt.ctx = 32;
+  opt.progress = false;
+  auto live = evaluate_perplexity(m, toks, opt, &ref);
+  auto cache = compute_reference_hidden(ref, toks, opt);
+  ASSERT_TRUE(live && cache);
+  EXPECT_EQ(cache->windows.size(), 3u);
+  auto cached = evaluate_perplexity(m, toks, opt, *cache);
+  ASSERT_TRUE(cached) << cached.message();
+  EXPECT_EQ(cached->mean_nll, live->mean_nll);
+  EXPECT_EQ(cached->mean_kl, live->mean_kl);
+  EXPECT_EQ(cached->top1_agreement, live->top1_agreement);
+  opt.max_windows = 2;  // mismatched window count
+  EXPECT_FALSE(evaluate_perplexity(m, toks, opt, *cache));
+}
+
 TEST(Perplexity, RejectsTextShorterThanOneWindow) {
   LlamaModel m = random_model(1);
   std::vector<int32_t> toks(10, 1);

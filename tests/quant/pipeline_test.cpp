@@ -155,6 +155,41 @@ TEST(Pipeline, AwqScalesFoldAndBeatRtn) {
   EXPECT_LT(kl[2], kl[0]);
 }
 
+// Ablation: keeping the most activated input channels in FP leaves exactly those columns unquantized.
+TEST(Pipeline, KeepSalientChannelsInFullPrecision) {
+  const LlamaModel fp = tiny_model(8);
+  auto calib = random_windows(8, 32, 9);
+  for (SalientBy by : {SalientBy::kActivation, SalientBy::kWeight, SalientBy::kRandom}) {
+    LlamaModel m = tiny_model(8);
+    PipelineOptions opt;
+    opt.method = Method::kRtn;
+    opt.quant.bits = 3;
+    opt.quant.group_size = 32;
+    opt.keep_fp_fraction = 0.05;  // 3 of 64 inputs, 5 of 96
+    opt.keep_fp_by = by;
+    opt.progress = false;
+    auto rep = quantize_model(m, calib, opt);
+    ASSERT_TRUE(rep) << rep.message();
+    EXPECT_EQ(rep->calibration_tokens, by == SalientBy::kActivation ? 8 * 32 : 0);
+    // Count the columns of layer 0's q_proj equal to FP in every row.
+    const Tensor& Wq = m.weights().layers[0].wq;
+    const Tensor& Fq = fp.weights().layers[0].wq;
+    int64_t exact_cols = 0;
+    std::vector<int64_t> kept;
+    for (int64_t ch = 0; ch < 64; ++ch) {
+      bool same = true;
+      for (int64_t o = 0; o < Wq.shape()[0]; ++o) same &= Wq.f32()[o * 64 + ch] == Fq.f32()[o * 64 + ch];
+      if (same) kept.push_back(ch);
+    }
+    exact_cols = int64_t(kept.size());
+    EXPECT_EQ(exact_cols, 3) << salient_by_name(by);
+    if (by == SalientBy::kActivation) {
+      // Layer 0's q/k/v input is the normed embedding, whose channels 3, 17 and 40 are 8x larger.
+      EXPECT_EQ(kept, (std::vector<int64_t>{3, 17, 40}));
+    }
+  }
+}
+
 TEST(Pipeline, GroupSizeNotDividingALayerNamesIt) {
   LlamaModel m = tiny_model(1);
   PipelineOptions opt;
