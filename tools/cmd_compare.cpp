@@ -1,0 +1,284 @@
+// qforge compare: the AWQ-vs-GPTQ table on one model. For FP and each method x bit width: WikiText-2
+// perplexity, KL divergence and top-1 agreement against FP on the same windows, quantization wall time
+// and peak memory; optionally the same with calibration text from another domain, and the ablations
+// behind AWQ (keep 1% of input channels in FP by activation / weight / random; scale every channel with
+// alpha = 1 instead of the searched scales).
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "core/mapped_file.h"
+#include "eval/perplexity.h"
+#include "model/loader.h"
+#include "ops/ops.h"
+#include "quant/calibration.h"
+#include "quant/pipeline.h"
+#include "tools/commands.h"
+
+namespace qforge::tools {
+
+namespace {
+
+struct CompareArgs {
+  std::string model, calib, calib_other, data, json_out;
+  std::vector<int> bits = {4, 3};
+  std::vector<std::string> methods = {"rtn", "gptq", "gptq-act", "awq", "awq-gptq"};
+  int64_t group_size = 64, ctx = 2048, max_windows = 0, calib_samples = 128, calib_seqlen = 512;
+  int64_t awq_search_samples = 0;
+  uint64_t seed = 0;
+  bool ablations = false;
+  int threads = 0;
+};
+
+int64_t current_rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * int64_t(sysconf(_SC_PAGESIZE));
+}
+
+// Samples the process RSS every 10 ms while alive; peak() is the highest seen.
+class RssSampler {
+ public:
+  RssSampler() : peak_(current_rss_bytes()), thread_([this] {
+    while (!stop_) {
+      peak_ = std::max<int64_t>(peak_, current_rss_bytes());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }) {}
+  ~RssSampler() { stop(); }
+  int64_t stop() {
+    if (!stop_.exchange(true)) thread_.join();
+    peak_ = std::max<int64_t>(peak_, current_rss_bytes());
+    return peak_;
+  }
+
+ private:
+  std::atomic<int64_t> peak_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+struct Row {
+  std::string name, calib;
+  int bits = 16;
+  EvalResult eval;
+  double quant_seconds = 0;
+  double peak_mb = 0;  // RSS increase over the pre-run baseline (includes the model copy)
+  std::string error;
+};
+
+ModelWeights clone_weights(const ModelConfig& c, const ModelWeights& src) {
+  ModelWeights dst;
+  auto from = tensor_slots(c, src);
+  auto to = tensor_slots(c, dst);
+  for (size_t i = 0; i < from.size(); ++i) {
+    *to[i].tensor = Tensor(DType::kF32, from[i].shape);
+    std::copy(from[i].tensor->f32(), from[i].tensor->f32() + from[i].tensor->numel(), to[i].tensor->f32());
+  }
+  return dst;
+}
+
+struct Variant {
+  std::string name;
+  quant::PipelineOptions opt;
+};
+
+// A method name of the table -> pipeline options.
+Expected<Variant> variant(const std::string& m, int bits, const CompareArgs& a) {
+  Variant v;
+  v.name = m;
+  auto& o = v.opt;
+  o.quant.bits = bits;
+  o.quant.group_size = a.group_size;
+  o.awq_search_samples = a.awq_search_samples;
+  o.seed = a.seed;
+  o.progress = false;
+  if (m == "rtn") o.method = quant::Method::kRtn;
+  else if (m == "gptq") o.method = quant::Method::kGptq;
+  else if (m == "gptq-act") { o.method = quant::Method::kGptq; o.gptq.act_order = true; o.gptq.static_groups = true; }
+  else if (m == "awq") { o.method = quant::Method::kAwq; o.quant.grid = quant::QuantGrid::kAwq; }
+  else if (m == "awq-gptq") o.method = quant::Method::kAwqGptq;
+  else if (m == "rtn-keep1%-act") { o.method = quant::Method::kRtn; o.keep_fp_fraction = 0.01; o.keep_fp_by = quant::SalientBy::kActivation; }
+  else if (m == "rtn-keep1%-weight") { o.method = quant::Method::kRtn; o.keep_fp_fraction = 0.01; o.keep_fp_by = quant::SalientBy::kWeight; }
+  else if (m == "rtn-keep1%-random") { o.method = quant::Method::kRtn; o.keep_fp_fraction = 0.01; o.keep_fp_by = quant::SalientBy::kRandom; }
+  else if (m == "awq-all-alpha1") { o.method = quant::Method::kAwq; o.quant.grid = quant::QuantGrid::kAwq; o.awq_fixed_alpha = 1.0; o.awq_clip = false; }
+  else if (m == "awq-noclip") { o.method = quant::Method::kAwq; o.quant.grid = quant::QuantGrid::kAwq; o.awq_clip = false; }
+  else return error("--methods: unknown method '{}' (known: rtn, gptq, gptq-act, awq, awq-gptq)", m);
+  return v;
+}
+
+Status run_compare(const CompareArgs& a) {
+  ops::set_num_threads(a.threads);
+  QF_ASSIGN_OR_RETURN(LoadedModel fp, load_model(a.model));
+  const ModelConfig& cfg = fp.model->config();
+  QF_ASSIGN_OR_RETURN(std::string text, read_text_file(a.data));
+  std::vector<int32_t> ids = fp.tokenizer.encode(text, true);
+  EvalOptions eo;
+  eo.ctx = a.ctx;
+  eo.max_windows = a.max_windows;
+  fmt::print(stderr, "compare: FP reference on {} ({} tokens)\n", a.data, ids.size());
+  QF_ASSIGN_OR_RETURN(ReferenceHidden ref, compute_reference_hidden(*fp.model, ids, eo));
+  eo.progress = false;
+
+  auto calib_windows = [&](const std::string& path) -> Expected<std::vector<std::vector<int32_t>>> {
+    QF_ASSIGN_OR_RETURN(std::string t, quant::read_calibration_text(path));
+    return quant::sample_calibration_windows(fp.tokenizer.encode(t), a.calib_samples, a.calib_seqlen, a.seed, path);
+  };
+  QF_ASSIGN_OR_RETURN(auto calib, calib_windows(a.calib));
+  std::vector<std::vector<int32_t>> calib_other;
+  if (!a.calib_other.empty()) {
+    QF_ASSIGN_OR_RETURN(calib_other, calib_windows(a.calib_other));
+  }
+
+  std::vector<Row> rows;
+  {
+    Row r;
+    r.name = "fp";
+    QF_ASSIGN_OR_RETURN(r.eval, evaluate_perplexity(*fp.model, ids, eo, ref));
+    rows.push_back(r);
+  }
+  struct Job {
+    std::string method;
+    int bits;
+    const std::vector<std::vector<int32_t>>* calib;
+    std::string calib_name;
+  };
+  std::vector<Job> jobs;
+  for (int b : a.bits)
+    for (const auto& m : a.methods) jobs.push_back({m, b, &calib, a.calib});
+  if (!a.calib_other.empty())
+    for (int b : a.bits)
+      for (const auto& m : a.methods)
+        if (m != "rtn") jobs.push_back({m, b, &calib_other, a.calib_other});
+  if (a.ablations) {
+    const int b = *std::min_element(a.bits.begin(), a.bits.end());
+    for (const char* m : {"rtn-keep1%-act", "rtn-keep1%-weight", "rtn-keep1%-random", "awq-all-alpha1", "awq-noclip"})
+      jobs.push_back({m, b, &calib, a.calib});
+  }
+  const auto t_all = std::chrono::steady_clock::now();
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const Job& job = jobs[j];
+    QF_ASSIGN_OR_RETURN(Variant v, variant(job.method, job.bits, a));
+    Row r;
+    r.name = v.name;
+    r.calib = job.calib_name;
+    r.bits = job.bits;
+    fmt::print(stderr, "compare [{}/{}]: {} {}-bit g{} (calibration {}) ...\n", j + 1, jobs.size(), v.name, job.bits,
+               a.group_size, job.calib_name);
+    const int64_t base = current_rss_bytes();
+    const auto t0 = std::chrono::steady_clock::now();
+    LlamaModel m(cfg, ModelWeights{});
+    {
+      RssSampler rss;
+      m = LlamaModel(cfg, clone_weights(cfg, fp.model->weights()));
+      auto rep = quant::quantize_model(m, *job.calib, v.opt);
+      r.peak_mb = double(rss.stop() - base) / (1024.0 * 1024.0);
+      if (!rep) r.error = rep.message();
+    }
+    r.quant_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r.error.empty()) {
+      auto e = evaluate_perplexity(m, ids, eo, ref);
+      if (!e) r.error = e.message();
+      else r.eval = *e;
+    }
+    if (!r.error.empty()) fmt::print(stderr, "compare: {} {}-bit failed: {}\n", v.name, job.bits, r.error);
+    else
+      fmt::print(stderr, "compare: {} {}-bit: ppl {:.4f}, KL {:.5f}, top-1 {:.4f}, quantized in {:.1f}s\n", v.name,
+                 job.bits, r.eval.perplexity, r.eval.mean_kl, r.eval.top1_agreement, r.quant_seconds);
+    rows.push_back(std::move(r));
+  }
+
+  // The table.
+  fmt::print("\nWikiText-2 ({} windows x {} tokens, {} predicted tokens), group size {}, calibration {} x {} tokens\n",
+             rows[0].eval.windows, a.ctx, rows[0].eval.tokens_scored, a.group_size, a.calib_samples, a.calib_seqlen);
+  fmt::print("{:<20} {:>4} {:<24} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9}\n", "method", "bits", "calibration", "ppl",
+             "+/-", "KL", "top-1", "quant s", "peak MiB");
+  for (const Row& r : rows) {
+    const std::string cal = r.calib.empty() ? "-" : r.calib.substr(r.calib.find_last_of('/') + 1);
+    if (!r.error.empty()) {
+      fmt::print("{:<20} {:>4} {:<24} failed: {}\n", r.name, r.bits, cal, r.error);
+      continue;
+    }
+    fmt::print("{:<20} {:>4} {:<24} {:>10.4f} {:>8.4f} {:>10.5f} {:>8.4f} {:>9.1f} {:>9.0f}\n", r.name, r.bits, cal,
+               r.eval.perplexity, r.eval.ppl_stderr, r.eval.mean_kl, r.eval.top1_agreement, r.quant_seconds, r.peak_mb);
+  }
+  fmt::print("total {:.1f}s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
+
+  if (!a.json_out.empty()) {
+    nlohmann::json j;
+    j["model"] = a.model;
+    j["data"] = a.data;
+    j["ctx"] = a.ctx;
+    j["windows"] = rows[0].eval.windows;
+    j["tokens_scored"] = rows[0].eval.tokens_scored;
+    j["group_size"] = a.group_size;
+    j["calibration"] = {{"file", a.calib}, {"other_file", a.calib_other}, {"samples", a.calib_samples},
+                        {"seqlen", a.calib_seqlen}, {"seed", a.seed}, {"awq_search_samples", a.awq_search_samples}};
+    nlohmann::json arr = nlohmann::json::array();
+    for (const Row& r : rows) {
+      nlohmann::json e = {{"method", r.name}, {"bits", r.bits}, {"calibration", r.calib}};
+      if (!r.error.empty()) e["error"] = r.error;
+      else {
+        e["perplexity"] = r.eval.perplexity;
+        e["ppl_stderr"] = r.eval.ppl_stderr;
+        e["mean_nll"] = r.eval.mean_nll;
+        e["mean_kl"] = r.eval.mean_kl;
+        e["kl_stderr"] = r.eval.kl_stderr;
+        e["top1_agreement"] = r.eval.top1_agreement;
+        e["quant_seconds"] = r.quant_seconds;
+        e["peak_rss_increase_mb"] = r.peak_mb;
+      }
+      arr.push_back(e);
+    }
+    j["rows"] = arr;
+    const std::string s = j.dump(2) + "\n";
+    QF_RETURN_IF_ERROR(write_file_atomic(a.json_out, s.data(), s.size()));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Command make_compare_command() {
+  auto args = std::make_shared<CompareArgs>();
+  Command c;
+  c.declare = [args](CLI::App& app) {
+    CLI::App* sub = app.add_subcommand("compare", "RTN vs GPTQ vs AWQ vs AWQ+GPTQ: perplexity, KL, time, memory");
+    sub->add_option("--model", args->model, "model directory or .gguf file")->required();
+    sub->add_option("--calib", args->calib, "calibration text (plain text or JSON lines)")->required()->check(CLI::ExistingFile);
+    sub->add_option("--calib-other", args->calib_other, "calibration text from another domain (second set of rows)")
+        ->check(CLI::ExistingFile);
+    sub->add_option("--data", args->data, "evaluation text (WikiText-2 test)")->required()->check(CLI::ExistingFile);
+    sub->add_option("--ctx", args->ctx, "evaluation window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+    sub->add_option("--max-windows", args->max_windows, "evaluate at most N windows (0: all)")->check(CLI::NonNegativeNumber);
+    sub->add_option("--bits", args->bits, "bit widths (comma separated)")->delimiter(',')->check(CLI::Range(2, 8));
+    sub->add_option("--methods", args->methods, "rtn,gptq,gptq-act,awq,awq-gptq")->delimiter(',');
+    sub->add_option("--group-size", args->group_size, "group size (0: per channel)")->check(CLI::IsMember({0, 32, 64, 128}));
+    sub->add_option("--calib-samples", args->calib_samples, "calibration windows")->check(CLI::PositiveNumber);
+    sub->add_option("--calib-seqlen", args->calib_seqlen, "tokens per calibration window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+    sub->add_option("--awq-search-samples", args->awq_search_samples, "AWQ scale search windows (0: all)")->check(CLI::NonNegativeNumber);
+    sub->add_option("--seed", args->seed, "calibration seed");
+    sub->add_flag("--ablations", args->ablations, "add AWQ's ablations at the lowest bit width");
+    sub->add_option("--json", args->json_out, "write the table as JSON");
+    sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
+    return sub;
+  };
+  c.run = [args]() {
+    Status s = run_compare(*args);
+    if (!s) {
+      fmt::print(stderr, "error: {}\n", s.message());
+      return 1;
+    }
+    return 0;
+  };
+  return c;
+}
+
+}  // namespace qforge::tools
