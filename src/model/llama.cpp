@@ -142,7 +142,7 @@ void LlamaModel::mlp_forward(int layer, const float* xn, int64_t T, const MlpWei
 }
 
 void LlamaModel::decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
-                               const LinearInputHook& hook) const {
+                               const LinearInputHook& hook, std::optional<LinearInput> stop_after) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[size_t(layer)];
   const int64_t H = c.hidden_size;
@@ -151,11 +151,19 @@ void LlamaModel::decoder_layer(int layer, float* x, int64_t T, int64_t pos0, flo
 
   ops::rms_norm(x, T, H, L.attn_norm.f32(), eps, xn.data());
   if (hook) hook(layer, LinearInput::kQKV, xn.data(), T, H);
-  attention_forward(layer, xn.data(), T, pos0, k_cache, v_cache, {}, tmp.data(), hook);
+  if (stop_after == LinearInput::kQKV) return;
+  bool stop = false;
+  const LinearInputHook inner = [&](int li, LinearInput s, const float* xi, int64_t Ti, int64_t in) {
+    if (hook) hook(li, s, xi, Ti, in);
+    if (s == stop_after) stop = true;
+  };
+  attention_forward(layer, xn.data(), T, pos0, k_cache, v_cache, {}, tmp.data(), hook || stop_after ? inner : hook);
+  if (stop) return;  // o_proj's input was the last thing needed
   for (int64_t i = 0; i < T * H; ++i) x[i] += tmp[size_t(i)];
 
   ops::rms_norm(x, T, H, L.mlp_norm.f32(), eps, xn.data());
   if (hook) hook(layer, LinearInput::kGateUp, xn.data(), T, H);
+  if (stop_after == LinearInput::kGateUp) return;
   mlp_forward(layer, xn.data(), T, {}, tmp.data(), hook);
   for (int64_t i = 0; i < T * H; ++i) x[i] += tmp[size_t(i)];
 }

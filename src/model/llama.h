@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -102,8 +103,10 @@ class LlamaModel {
 
   // Runs one decoder layer in place on x[T, H] (positions start at `pos0`) with the given cache
   // buffers; exposed for layer-by-layer pipelines (calibration).
+  // With `stop_after`, returns right after the hook has seen that input (x is then left partially
+  // updated): capture passes need not run the rest of the layer.
   void decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
-                     const LinearInputHook& hook) const;
+                     const LinearInputHook& hook, std::optional<LinearInput> stop_after = std::nullopt) const;
 
  private:
   void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;

@@ -79,14 +79,15 @@ struct Ctx {
   int64_t N, L;
 };
 
-// Runs decoder layer l on a copy of every window, calling `hook`; x is not changed.
-Status capture(Ctx& c, int l, const LinearInputHook& hook) {
+// Runs decoder layer l on a copy of every window, calling `hook`; x is not changed. With `stop_after`
+// each window's forward ends once that input has been seen.
+Status capture(Ctx& c, int l, const LinearInputHook& hook, std::optional<LinearInput> stop_after = std::nullopt) {
   const ModelConfig& cfg = c.model.config();
   const int64_t H = cfg.hidden_size;
   Tensor scratch(DType::kF32, {c.L, H}), k(DType::kF32, {c.L, cfg.kv_dim()}), v(DType::kF32, {c.L, cfg.kv_dim()});
   for (int64_t s = 0; s < c.N; ++s) {
     std::copy(c.x.f32() + s * c.L * H, c.x.f32() + (s + 1) * c.L * H, scratch.f32());
-    c.model.decoder_layer(l, scratch.f32(), c.L, 0, k.f32(), v.f32(), hook);
+    c.model.decoder_layer(l, scratch.f32(), c.L, 0, k.f32(), v.f32(), hook, stop_after);
   }
   return Status::ok();
 }
@@ -164,7 +165,7 @@ Status gptq_layer(Ctx& c, int l) {
     Status hs;
     QF_RETURN_IF_ERROR(capture(c, l, [&](int, LinearInput sl, const float* xin, int64_t T, int64_t) {
       if (sl == slot && hs.is_ok()) hs = hess.add(xin, T);
-    }));
+    }, slot));
     QF_RETURN_IF_ERROR(hs);
     for (const LinearSpec& s : kLlamaLinears) {
       if (s.input != slot) continue;

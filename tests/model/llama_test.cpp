@@ -109,6 +109,20 @@ TEST(Llama, LinearInputHookSeesEveryLinearInput) {
   EXPECT_EQ(seen, (std::vector<std::string>{"0qkv", "0o", "0gate_up", "0down", "1qkv", "1o", "1gate_up", "1down"}));
 }
 
+TEST(Llama, DecoderLayerStopsAfterTheRequestedInput) {
+  LlamaModel m = tiny_model(3);
+  std::vector<float> x(5 * 32, 0.1f);
+  std::vector<float> k(5 * 16), v(5 * 16);
+  for (LinearInput stop : {LinearInput::kQKV, LinearInput::kO, LinearInput::kGateUp, LinearInput::kDown}) {
+    std::vector<LinearInput> seen;
+    m.decoder_layer(0, x.data(), 5, 0, k.data(), v.data(),
+                    [&](int, LinearInput s, const float*, int64_t, int64_t) { seen.push_back(s); }, stop);
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.back(), stop);
+    EXPECT_EQ(seen.size(), size_t(int(stop) + 1));
+  }
+}
+
 // The FP model's logits equal those of Hugging Face transformers (tests/golden/logits_smollm2.json,
 // made by python/make_logits_golden.py from the same GGUF).
 //
