@@ -133,7 +133,11 @@ Status run_compare(const CompareArgs& a) {
   };
   QF_ASSIGN_OR_RETURN(auto calib, calib_windows(a.calib));
   std::vector<std::vector<int32_t>> calib_other;
-  if (!a.calib_other.empty()) {
+  if (a.calib_other == "model") {
+    fmt::print(stderr, "compare: sampling {} x {} calibration tokens from the model itself (seed {})\n",
+               a.calib_samples, a.calib_seqlen, a.seed);
+    QF_ASSIGN_OR_RETURN(calib_other, quant::generate_calibration(*fp.model, a.calib_samples, a.calib_seqlen, a.seed, true));
+  } else if (!a.calib_other.empty()) {
     QF_ASSIGN_OR_RETURN(calib_other, calib_windows(a.calib_other));
   }
 
@@ -253,8 +257,10 @@ Command make_compare_command() {
     CLI::App* sub = app.add_subcommand("compare", "RTN vs GPTQ vs AWQ vs AWQ+GPTQ: perplexity, KL, time, memory");
     sub->add_option("--model", args->model, "model directory or .gguf file")->required();
     sub->add_option("--calib", args->calib, "calibration text (plain text or JSON lines)")->required()->check(CLI::ExistingFile);
-    sub->add_option("--calib-other", args->calib_other, "calibration text from another domain (second set of rows)")
-        ->check(CLI::ExistingFile);
+    sub->add_option("--calib-other", args->calib_other,
+                    "calibration from another domain (second set of rows): a text file, or 'model' for text "
+                    "sampled from the model itself")
+        ->check(CLI::ExistingFile | CLI::IsMember({"model"}));
     sub->add_option("--data", args->data, "evaluation text (WikiText-2 test)")->required()->check(CLI::ExistingFile);
     sub->add_option("--ctx", args->ctx, "evaluation window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
     sub->add_option("--max-windows", args->max_windows, "evaluate at most N windows (0: all)")->check(CLI::NonNegativeNumber);

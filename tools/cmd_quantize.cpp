@@ -63,8 +63,15 @@ Status run_quantize(const QuantizeArgs& a) {
   QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
   std::vector<std::vector<int32_t>> calib;
   if (opt.method != quant::Method::kRtn) {
-    if (a.calib.empty())
-      return error("--method {} needs calibration text: pass --calib FILE (plain text or JSON lines)", a.method);
+    if (a.calib.empty()) {
+      fmt::print(stderr,
+                 "calibration: no --calib given: sampling {} sequences of {} tokens from the model itself (seed {}); "
+                 "this takes {} decode steps\n",
+                 a.calib_samples, a.calib_seqlen, a.seed, a.calib_samples * a.calib_seqlen);
+      QF_ASSIGN_OR_RETURN(calib, quant::generate_calibration(*m.model, a.calib_samples, a.calib_seqlen, a.seed, true));
+    }
+  }
+  if (opt.method != quant::Method::kRtn && !a.calib.empty()) {
     QF_ASSIGN_OR_RETURN(std::string text, quant::read_calibration_text(a.calib));
     std::vector<int32_t> ids = m.tokenizer.encode(text);
     QF_ASSIGN_OR_RETURN(calib, quant::sample_calibration_windows(ids, a.calib_samples, a.calib_seqlen, a.seed, a.calib));

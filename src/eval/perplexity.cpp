@@ -6,25 +6,11 @@
 #include <vector>
 
 #include "core/progress.h"
+#include "ops/ops.h"
 
 namespace qforge {
 
 namespace {
-
-// log-softmax of one row of logits: returns logsumexp (double accumulation), and the argmax.
-double logsumexp(const float* x, int64_t n, int64_t* argmax) {
-  float mx = x[0];
-  int64_t am = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > mx) {
-      mx = x[i];
-      am = i;
-    }
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
-  *argmax = am;
-  return double(mx) + std::log(s);
-}
 
 }  // namespace
 
@@ -122,7 +108,7 @@ Expected<EvalResult> score(const LlamaModel& model, std::span<const int32_t> tok
       for (int64_t r = 0; r < rows; ++r) {
         const float* lr = logits.data() + r * V;
         int64_t am = 0;
-        const double lse = logsumexp(lr, V, &am);
+        const double lse = ops::logsumexp_row(lr, V, &am);
         const double nll = lse - double(lr[win[r0 + r + 1]]);
         sum_nll += nll;
         sum_nll2 += nll * nll;
@@ -130,13 +116,9 @@ Expected<EvalResult> score(const LlamaModel& model, std::span<const int32_t> tok
         if (ref) {
           const float* pr = ref_logits.data() + r * V;
           int64_t ref_am = 0;
-          const double ref_lse = logsumexp(pr, V, &ref_am);
-          double kl = 0;
-          for (int64_t i = 0; i < V; ++i) {
-            const double lp = double(pr[i]) - ref_lse;
-            kl += std::exp(lp) * (lp - (double(lr[i]) - lse));
-          }
-          kl = std::max(kl, 0.0);  // rounding can give -1e-17 for identical rows
+          const double ref_lse = ops::logsumexp_row(pr, V, &ref_am);
+          // Rounding can give a tiny negative value for nearly identical rows.
+          const double kl = std::max(ops::kl_row(pr, ref_lse, lr, lse, V), 0.0);
           sum_kl += kl;
           sum_kl2 += kl * kl;
           agree += (am == ref_am);

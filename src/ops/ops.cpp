@@ -168,3 +168,87 @@ void attention_causal_ref(const float* q, int64_t T, int64_t pos0, const float* 
 }
 
 }  // namespace qforge::ops
+
+namespace qforge::ops {
+
+namespace {
+constexpr int64_t kSumChunk = 1024;  // f32 lane sums of at most 1024 terms, then added in f64
+}
+
+double logsumexp_row(const float* x, int64_t n, int64_t* argmax) {
+  float mx = x[0];
+  int64_t am = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > mx) {
+      mx = x[i];
+      am = i;
+    }
+  *argmax = am;
+  const hn::ScalableTag<float> d;
+  const int64_t L = int64_t(hn::Lanes(d));
+  const auto vm = hn::Set(d, mx);
+  const auto vlo = hn::Set(d, -FLT_MAX);
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kSumChunk) {
+    const int64_t c1 = std::min(n, c0 + kSumChunk);
+    auto acc = hn::Zero(d);
+    int64_t i = c0;
+    for (; i + L <= c1; i += L) acc = hn::Add(acc, hn::Exp(d, hn::Max(hn::Sub(hn::LoadU(d, x + i), vm), vlo)));
+    double part = hn::GetLane(hn::SumOfLanes(d, acc));
+    for (; i < c1; ++i) part += std::exp(double(x[i]) - mx);
+    total += part;
+  }
+  return double(mx) + std::log(total);
+}
+
+double kl_row(const float* p, double p_lse, const float* q, double q_lse, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t L = int64_t(hn::Lanes(d));
+  const auto vplse = hn::Set(d, float(p_lse));
+  const auto vdlse = hn::Set(d, float(p_lse - q_lse));
+  const auto vlo = hn::Set(d, -FLT_MAX);
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kSumChunk) {
+    const int64_t c1 = std::min(n, c0 + kSumChunk);
+    auto acc = hn::Zero(d);
+    int64_t i = c0;
+    for (; i + L <= c1; i += L) {
+      const auto vp = hn::LoadU(d, p + i), vq = hn::LoadU(d, q + i);
+      const auto logp = hn::Sub(vp, vplse);
+      const auto diff = hn::Sub(hn::Sub(vp, vq), vdlse);  // log p - log q
+      acc = hn::MulAdd(hn::Exp(d, hn::Max(logp, vlo)), diff, acc);
+    }
+    double part = hn::GetLane(hn::SumOfLanes(d, acc));
+    for (; i < c1; ++i) {
+      const double lp = double(p[i]) - p_lse;
+      part += std::exp(lp) * (lp - (double(q[i]) - q_lse));
+    }
+    total += part;
+  }
+  return total;
+}
+
+double logsumexp_row_ref(const float* x, int64_t n, int64_t* argmax) {
+  float mx = x[0];
+  int64_t am = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > mx) {
+      mx = x[i];
+      am = i;
+    }
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
+  *argmax = am;
+  return double(mx) + std::log(s);
+}
+
+double kl_row_ref(const float* p, double p_lse, const float* q, double q_lse, int64_t n) {
+  double kl = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double lp = double(p[i]) - p_lse;
+    kl += std::exp(lp) * (lp - (double(q[i]) - q_lse));
+  }
+  return kl;
+}
+
+}  // namespace qforge::ops

@@ -44,3 +44,16 @@ void attention_causal_ref(const float* q, int64_t T, int64_t pos0, const float* 
                           int64_t nkv, int64_t hd, float* out);
 
 }  // namespace qforge::ops
+
+namespace qforge::ops {
+
+// log(sum exp(x[i])) of one row of logits (exp vectorised in f32, sums accumulated in f64 every 1024
+// elements), and the index of the largest entry (first on ties).
+double logsumexp_row(const float* x, int64_t n, int64_t* argmax);
+// KL(P || Q) = sum_i p_i (log p_i - log q_i) for two rows of logits with their logsumexps.
+double kl_row(const float* p_logits, double p_lse, const float* q_logits, double q_lse, int64_t n);
+// Scalar double references of the two, for tests.
+double logsumexp_row_ref(const float* x, int64_t n, int64_t* argmax);
+double kl_row_ref(const float* p_logits, double p_lse, const float* q_logits, double q_lse, int64_t n);
+
+}  // namespace qforge::ops

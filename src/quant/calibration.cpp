@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "core/mapped_file.h"
+#include "core/progress.h"
+#include "model/sampler.h"
 
 namespace qforge::quant {
 
@@ -52,6 +54,30 @@ Expected<std::vector<std::vector<int32_t>>> sample_calibration_windows(const std
     const int64_t i = start(rng);
     out.emplace_back(tokens.begin() + i, tokens.begin() + i + seqlen);
   }
+  return out;
+}
+
+Expected<std::vector<std::vector<int32_t>>> generate_calibration(const LlamaModel& model, int64_t samples,
+                                                                  int64_t seqlen, uint64_t seed, bool progress) {
+  if (samples <= 0 || seqlen <= 1) return error("generated calibration needs samples > 0 and seqlen > 1");
+  const int64_t V = model.config().vocab_size;
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int32_t>> out;
+  std::vector<float> logits(static_cast<size_t>(V));
+  Progress bar("generate calibration", samples, progress);
+  for (int64_t s = 0; s < samples; ++s) {
+    Sampler sampler({.temperature = 1.0f, .top_k = 50, .top_p = 1.0f, .seed = rng()});
+    std::vector<int32_t> seq = {int32_t(std::uniform_int_distribution<int64_t>(0, V - 1)(rng))};
+    KVCache cache = model.make_cache(seqlen);
+    while (int64_t(seq.size()) < seqlen) {
+      QF_ASSIGN_OR_RETURN(Tensor h, model.forward_hidden(&seq.back(), 1, cache));
+      model.logits(h.f32(), 1, logits.data());
+      seq.push_back(sampler.sample(logits.data(), V));
+    }
+    out.push_back(std::move(seq));
+    bar.update(s + 1);
+  }
+  bar.finish();
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "model/llama.h"
 #include "model/tokenizer.h"
 
 namespace qforge::quant {
@@ -28,5 +29,11 @@ Expected<std::string> read_calibration_text(const std::string& path);
 Expected<std::vector<std::vector<int32_t>>> sample_calibration_windows(const std::vector<int32_t>& tokens,
                                                                         int64_t samples, int64_t seqlen,
                                                                         uint64_t seed, const std::string& source);
+
+// Calibration without outside data: `samples` sequences of `seqlen` tokens sampled from the model itself
+// (first token drawn uniformly from the vocabulary, then top-k 50 sampling at temperature 1, seeded), as
+// data-free calibration (LLM-QAT) does. Costs samples * seqlen decode steps.
+Expected<std::vector<std::vector<int32_t>>> generate_calibration(const LlamaModel& model, int64_t samples,
+                                                                  int64_t seqlen, uint64_t seed, bool progress);
 
 }  // namespace qforge::quant

@@ -95,6 +95,26 @@ TEST(Ops, AttentionCausalMatchesReference) {
   }
 }
 
+// Vectorised logsumexp / KL against the double references. f32 exp has <= 1 ulp error (Highway's
+// stated bound) on each term and the f32 partial sums of <= 1024 terms add at most 1024 * eps
+// relative, so both agree to 2 * 1024 * eps relative (logsumexp: absolute, after the log).
+TEST(Ops, LogsumexpAndKlRowsMatchReference) {
+  const int64_t V = 49152 + 7;  // a tail that is not a multiple of the vector width
+  auto p = random_vec(size_t(V), 21, 4.0f), q = random_vec(size_t(V), 22, 4.0f);
+  int64_t am = -1, am_ref = -2;
+  const double lp = logsumexp_row(p.data(), V, &am), lp_ref = logsumexp_row_ref(p.data(), V, &am_ref);
+  EXPECT_EQ(am, am_ref);
+  const double bound = 2.0 * 1024 * kF32Eps;
+  EXPECT_NEAR(lp, lp_ref, bound);
+  int64_t dummy;
+  const double lq = logsumexp_row_ref(q.data(), V, &dummy);
+  const double kl = kl_row(p.data(), lp_ref, q.data(), lq, V), kl_ref = kl_row_ref(p.data(), lp_ref, q.data(), lq, V);
+  // Terms p_i * d_i with |d_i| <= ~40: absolute error <= bound * sum p_i |d_i|, and sum p_i |d_i| <= 40.
+  EXPECT_NEAR(kl, kl_ref, bound * 40.0);
+  EXPECT_GT(kl_ref, 1.0);  // two unrelated random rows are far apart
+  EXPECT_NEAR(kl_row(p.data(), lp_ref, p.data(), lp_ref, V), 0.0, bound);
+}
+
 TEST(Ops, SoftmaxRowsSumToOneAndSurviveLargeInputs) {
   std::vector<float> x = {1000.f, 1001.f, 999.f, -INFINITY, 0.f, 0.f, 0.f, 0.f};
   softmax_rows(x.data(), 2, 4, 4);

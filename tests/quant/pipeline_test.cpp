@@ -212,6 +212,21 @@ TEST(Pipeline, GptqWithoutCalibrationIsAnError) {
   EXPECT_NE(rep.message().find("calibration data is required"), std::string::npos) << rep.message();
 }
 
+TEST(Calibration, GeneratedFromTheModelIsSeededAndInVocabulary) {
+  const LlamaModel m = tiny_model(4);
+  auto a = generate_calibration(m, 3, 20, 11, false);
+  auto b = generate_calibration(m, 3, 20, 11, false);
+  auto c = generate_calibration(m, 3, 20, 12, false);
+  ASSERT_TRUE(a && b && c) << a.message();
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+  ASSERT_EQ(a->size(), 3u);
+  for (const auto& s : *a) {
+    ASSERT_EQ(s.size(), 20u);
+    for (int32_t t : s) EXPECT_TRUE(t >= 0 && t < 64);
+  }
+}
+
 TEST(Calibration, ReadsPlainTextAndJsonLines) {
   testing::TempDir d;
   std::ofstream(d.file("a.txt")) << "plain text\nsecond line\n";
