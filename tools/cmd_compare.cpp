@@ -7,11 +7,11 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include <atomic>
+#include <sys/wait.h>
+
 #include <chrono>
+#include <cstdio>
 #include <fstream>
-#include <sstream>
-#include <thread>
 
 #include "core/mapped_file.h"
 #include "eval/perplexity.h"
@@ -36,41 +36,24 @@ struct CompareArgs {
   int threads = 0;
 };
 
-int64_t current_rss_bytes() {
-  std::ifstream f("/proc/self/statm");
-  int64_t size = 0, resident = 0;
-  f >> size >> resident;
-  return resident * int64_t(sysconf(_SC_PAGESIZE));
+// VmRSS or VmHWM of this process from /proc/self/status, in bytes.
+int64_t proc_status_bytes(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::string k = std::string(key) + ":";
+  while (std::getline(f, line))
+    if (line.rfind(k, 0) == 0) return std::stoll(line.substr(k.size())) * 1024;  // "VmRSS:   1234 kB"
+  return 0;
 }
-
-// Samples the process RSS every 10 ms while alive; peak() is the highest seen.
-class RssSampler {
- public:
-  RssSampler() : peak_(current_rss_bytes()), thread_([this] {
-    while (!stop_) {
-      peak_ = std::max<int64_t>(peak_, current_rss_bytes());
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }) {}
-  ~RssSampler() { stop(); }
-  int64_t stop() {
-    if (!stop_.exchange(true)) thread_.join();
-    peak_ = std::max<int64_t>(peak_, current_rss_bytes());
-    return peak_;
-  }
-
- private:
-  std::atomic<int64_t> peak_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
 
 struct Row {
   std::string name, calib;
   int bits = 16;
   EvalResult eval;
   double quant_seconds = 0;
-  double peak_mb = 0;  // RSS increase over the pre-run baseline (includes the model copy)
+  // Peak RSS of quantization above the process's RSS when it started: the model copy being quantized,
+  // the calibration activations, Hessians and scratch (measured in a child process, see below).
+  double peak_mb = 0;
   std::string error;
 };
 
@@ -176,21 +159,73 @@ Status run_compare(const CompareArgs& a) {
     r.bits = job.bits;
     fmt::print(stderr, "compare [{}/{}]: {} {}-bit g{} (calibration {}) ...\n", j + 1, jobs.size(), v.name, job.bits,
                a.group_size, job.calib_name);
-    const int64_t base = current_rss_bytes();
-    const auto t0 = std::chrono::steady_clock::now();
-    LlamaModel m(cfg, ModelWeights{});
-    {
-      RssSampler rss;
-      m = LlamaModel(cfg, clone_weights(cfg, fp.model->weights()));
+    // Each configuration runs in a child process: its peak RSS (VmHWM, reset at the start) is then that
+    // method's own footprint, and a crash or an out-of-memory kill costs one row, not the table.
+    int fds[2];
+    if (pipe(fds) != 0) return error("compare: pipe failed");
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) return error("compare: fork failed");
+    if (pid == 0) {
+      close(fds[0]);
+      nlohmann::json out;
+      { std::ofstream("/proc/self/clear_refs") << "5"; }  // reset VmHWM to the current RSS
+      const int64_t start_rss = proc_status_bytes("VmRSS");
+      const auto t0 = std::chrono::steady_clock::now();
+      LlamaModel m(cfg, clone_weights(cfg, fp.model->weights()));
       auto rep = quant::quantize_model(m, *job.calib, v.opt);
-      r.peak_mb = double(rss.stop() - base) / (1024.0 * 1024.0);
-      if (!rep) r.error = rep.message();
+      out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      out["peak_mb"] = double(proc_status_bytes("VmHWM") - start_rss) / (1024.0 * 1024.0);
+      if (!rep) {
+        out["error"] = rep.message();
+      } else {
+        auto e = evaluate_perplexity(m, ids, eo, ref);
+        if (!e) {
+          out["error"] = e.message();
+        } else {
+          out["ppl"] = e->perplexity;
+          out["ppl_se"] = e->ppl_stderr;
+          out["nll"] = e->mean_nll;
+          out["nll_se"] = e->nll_stderr;
+          out["kl"] = e->mean_kl;
+          out["kl_se"] = e->kl_stderr;
+          out["top1"] = e->top1_agreement;
+          out["windows"] = e->windows;
+          out["tokens"] = e->tokens_scored;
+        }
+      }
+      const std::string msg = out.dump();
+      const ssize_t wrote = write(fds[1], msg.data(), msg.size());
+      _exit(wrote == ssize_t(msg.size()) ? 0 : 3);
     }
-    r.quant_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (r.error.empty()) {
-      auto e = evaluate_perplexity(m, ids, eo, ref);
-      if (!e) r.error = e.message();
-      else r.eval = *e;
+    close(fds[1]);
+    std::string msg;
+    char buf[4096];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) msg.append(buf, size_t(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || msg.empty()) {
+      r.error = WIFSIGNALED(status) ? fmt::format("the child process was killed by signal {}", WTERMSIG(status))
+                                    : fmt::format("the child process failed (status {})", status);
+    } else {
+      const auto res = nlohmann::json::parse(msg);
+      r.quant_seconds = res["seconds"].get<double>();
+      r.peak_mb = res["peak_mb"].get<double>();
+      if (res.contains("error")) {
+        r.error = res["error"].get<std::string>();
+      } else {
+        r.eval.perplexity = res["ppl"].get<double>();
+        r.eval.ppl_stderr = res["ppl_se"].get<double>();
+        r.eval.mean_nll = res["nll"].get<double>();
+        r.eval.nll_stderr = res["nll_se"].get<double>();
+        r.eval.mean_kl = res["kl"].get<double>();
+        r.eval.kl_stderr = res["kl_se"].get<double>();
+        r.eval.top1_agreement = res["top1"].get<double>();
+        r.eval.windows = res["windows"].get<int64_t>();
+        r.eval.tokens_scored = res["tokens"].get<int64_t>();
+        r.eval.has_ref = true;
+      }
     }
     if (!r.error.empty()) fmt::print(stderr, "compare: {} {}-bit failed: {}\n", v.name, job.bits, r.error);
     else
@@ -203,7 +238,7 @@ Status run_compare(const CompareArgs& a) {
   fmt::print("\nWikiText-2 ({} windows x {} tokens, {} predicted tokens), group size {}, calibration {} x {} tokens\n",
              rows[0].eval.windows, a.ctx, rows[0].eval.tokens_scored, a.group_size, a.calib_samples, a.calib_seqlen);
   fmt::print("{:<20} {:>4} {:<24} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9}\n", "method", "bits", "calibration", "ppl",
-             "+/-", "KL", "top-1", "quant s", "peak MiB");
+             "+/-", "KL", "top-1", "quant s", "peak +MiB");
   for (const Row& r : rows) {
     const std::string cal = r.calib.empty() ? "-" : r.calib.substr(r.calib.find_last_of('/') + 1);
     if (!r.error.empty()) {
