@@ -311,14 +311,7 @@ Command make_compare_command() {
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;
   };
-  c.run = [args]() {
-    Status s = run_compare(*args);
-    if (!s) {
-      fmt::print(stderr, "error: {}\n", s.message());
-      return 1;
-    }
-    return 0;
-  };
+  c.run = [args]() { return exit_code(run_compare(*args)); };
   return c;
 }
 

@@ -49,14 +49,7 @@ Command make_convert_command() {
     sub->add_option("--shard-size-mb", args->shard_mb, "largest safetensors shard, MiB")->check(CLI::PositiveNumber);
     return sub;
   };
-  c.run = [args]() {
-    Status s = run_convert(*args);
-    if (!s) {
-      fmt::print(stderr, "error: {}\n", s.message());
-      return 1;
-    }
-    return 0;
-  };
+  c.run = [args]() { return exit_code(run_convert(*args)); };
   return c;
 }
 

@@ -85,14 +85,7 @@ Command make_eval_command() {
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;
   };
-  c.run = [args]() {
-    Status s = run_eval(*args);
-    if (!s) {
-      fmt::print(stderr, "error: {}\n", s.message());
-      return 1;
-    }
-    return 0;
-  };
+  c.run = [args]() { return exit_code(run_eval(*args)); };
   return c;
 }
 

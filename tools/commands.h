@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/status.h"
+
 #include <functional>
 #include <vector>
 
@@ -16,5 +18,8 @@ struct Command {
 };
 
 std::vector<Command> all_commands();
+
+// Prints a failed Status as "error: ..." on stderr; the process exit code (0 or 1).
+int exit_code(const Status& s);
 
 }  // namespace qforge::tools
