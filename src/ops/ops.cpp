@@ -173,17 +173,20 @@ namespace qforge::ops {
 
 namespace {
 constexpr int64_t kSumChunk = 1024;  // f32 lane sums of at most 1024 terms, then added in f64
+
+// Index of the largest of x[n] (first on ties); its value in *mx.
+int64_t row_argmax(const float* x, int64_t n, float* mx) {
+  int64_t am = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[am]) am = i;
+  *mx = x[am];
+  return am;
+}
 }
 
 double logsumexp_row(const float* x, int64_t n, int64_t* argmax) {
-  float mx = x[0];
-  int64_t am = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > mx) {
-      mx = x[i];
-      am = i;
-    }
-  *argmax = am;
+  float mx;
+  *argmax = row_argmax(x, n, &mx);
   const hn::ScalableTag<float> d;
   const int64_t L = int64_t(hn::Lanes(d));
   const auto vm = hn::Set(d, mx);
@@ -229,13 +232,8 @@ double kl_row(const float* p, double p_lse, const float* q, double q_lse, int64_
 }
 
 double logsumexp_row_ref(const float* x, int64_t n, int64_t* argmax) {
-  float mx = x[0];
-  int64_t am = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > mx) {
-      mx = x[i];
-      am = i;
-    }
+  float mx;
+  const int64_t am = row_argmax(x, n, &mx);
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
   *argmax = am;
