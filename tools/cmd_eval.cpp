@@ -18,11 +18,12 @@ struct EvalArgs {
   std::string model, data, ref, json_out;
   int64_t ctx = 2048, max_windows = 0;
   int threads = 0;
+  bool w4 = false;
 };
 
 Status run_eval(const EvalArgs& a) {
   ops::set_num_threads(a.threads);
-  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
+  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model, LoadOptions{.pack_q4 = a.w4}));
   LoadedModel r;
   if (!a.ref.empty()) {
     QF_ASSIGN_OR_RETURN(r, load_model(a.ref));
@@ -82,6 +83,8 @@ Command make_eval_command() {
         ->check(CLI::NonNegativeNumber);
     sub->add_option("--ref", args->ref, "reference model for KL divergence and top-1 agreement");
     sub->add_option("--json", args->json_out, "also write the result as JSON to this file");
+    sub->add_flag("--w4", args->w4,
+                  "GGUF: run the Q4_0/Q4_1 linears through the int4 kernels (AWQ/GPTQ checkpoints always do)");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;
   };

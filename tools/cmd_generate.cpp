@@ -18,6 +18,7 @@ struct GenerateArgs {
   int64_t max_tokens = 64;
   SamplerOptions sampler;
   int threads = 0;
+  bool w4 = false;
   bool chat = false;
 };
 
@@ -39,7 +40,7 @@ size_t complete_utf8_prefix(const std::string& s) {
 
 Status run_generate(const GenerateArgs& a) {
   ops::set_num_threads(a.threads);
-  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
+  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model, LoadOptions{.pack_q4 = a.w4}));
   const LlamaModel& model = *m.model;
   std::string prompt = a.prompt;
   if (a.chat) prompt = "<|im_start|>user\n" + a.prompt + "<|im_end|>\n<|im_start|>assistant\n";
@@ -107,6 +108,8 @@ Command make_generate_command() {
     sub->add_option("--top-p", args->sampler.top_p, "nucleus probability")->check(CLI::Range(0.0f, 1.0f));
     sub->add_option("--seed", args->sampler.seed, "sampling seed");
     sub->add_flag("--chat", args->chat, "wrap the prompt in the ChatML template of SmolLM2-Instruct");
+    sub->add_flag("--w4", args->w4,
+                  "GGUF: run the Q4_0/Q4_1 linears through the int4 kernels (AWQ/GPTQ checkpoints always do)");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;
   };

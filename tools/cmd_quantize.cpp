@@ -1,14 +1,19 @@
 // qforge quantize --model M --method rtn|gptq|awq|awq-gptq --bits B --group-size G [--sym] [--act-order]
-//                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] --out DIR [--report JSON]
-// Writes the quantized model as a Hugging Face directory of dequantized weights (what `qforge eval`
-// scores) plus quantization_report.json with the per-linear statistics.
+//                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] [--format F] --out DIR [--report JSON]
+// --format hf (default): a Hugging Face directory of dequantized f32 weights (what the quantizers' tables score);
+// awq / gptq / gptq-v2: a packed 4-bit checkpoint (AutoAWQ GEMM or GPTQ layout, vLLM/transformers load it);
+// gguf: a llama.cpp GGUF file at --out (Q4_0 when symmetric, else Q4_1). Every output is written atomically,
+// with quantization_report.json (per-linear statistics) inside the directory formats.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
 #include <map>
+#include <optional>
 
 #include "core/mapped_file.h"
+#include "formats/gguf.h"
+#include "model/gguf_export.h"
 #include "model/hf_export.h"
 #include "model/loader.h"
 #include "ops/ops.h"
@@ -21,7 +26,7 @@ namespace qforge::tools {
 namespace {
 
 struct QuantizeArgs {
-  std::string model, method = "gptq", out, report, calib, grid;
+  std::string model, method = "gptq", out, report, calib, grid, format = "hf", dtype = "f16";
   int64_t awq_search_samples = 0;
   bool no_awq_clip = false;
   int bits = 4;
@@ -78,7 +83,18 @@ Status run_quantize(const QuantizeArgs& a) {
     fmt::print(stderr, "calibration: {} windows x {} tokens from {} ({} tokens), seed {}\n", calib.size(),
                a.calib_seqlen, a.calib, ids.size(), a.seed);
   }
-  QF_ASSIGN_OR_RETURN(quant::PipelineReport rep, quant::quantize_model(*m.model, calib, opt));
+  const bool packed = a.format != "hf";
+  if (packed && a.bits != 4)
+    return error("--format {}: the packed formats hold 4-bit weights; got --bits {}", a.format, a.bits);
+  if (a.format == "awq" && a.group_size == 0)
+    return error("--format awq: AutoAWQ checkpoints need a group size (32, 64 or 128), not per-channel");
+  if (a.format == "gguf" && a.act_order && !a.static_groups)
+    return error("--format gguf: act-order without --static-groups permutes the groups, which GGUF blocks cannot hold");
+  if (a.format == "awq" && a.act_order && !a.static_groups)
+    return error("--format awq: act-order without --static-groups needs g_idx, which the AWQ format lacks; use gptq");
+  quant::QuantizedLinears qlin;
+  QF_ASSIGN_OR_RETURN(quant::PipelineReport rep,
+                      quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr));
 
   nlohmann::json j;
   j["model"] = a.model;
@@ -111,10 +127,36 @@ Status run_quantize(const QuantizeArgs& a) {
   if (!rep.awq_groups.empty()) j["awq_groups"] = groups;
   const std::string report = j.dump(2) + "\n";
 
-  HfExportOptions eo;
-  eo.extra_file_name = "quantization_report.json";
-  eo.extra_file_text = report;
-  QF_RETURN_IF_ERROR(save_hf_directory(a.out, m.model->config(), m.model->weights(), m.tokenizer, eo));
+  if (a.format == "gguf") {
+    GgufExportOptions go;
+    go.q4_type = a.sym ? gguf::GgmlType::kQ4_0 : gguf::GgmlType::kQ4_1;
+    std::optional<gguf::GgufFile> src;
+    if (a.model.ends_with(".gguf")) {
+      QF_ASSIGN_OR_RETURN(gguf::GgufFile f, gguf::GgufFile::open(a.model));
+      src.emplace(std::move(f));
+    }
+    QF_RETURN_IF_ERROR(save_gguf_checkpoint(a.out, m.model->config(), m.model->weights(), qlin, m.tokenizer,
+                                            src ? &*src : nullptr, go));
+  } else {
+    HfExportOptions eo;
+    eo.extra_file_name = "quantization_report.json";
+    eo.extra_file_text = report;
+    if (packed) {
+      eo.quantized = &qlin;
+      eo.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF16;
+      eo.quantization.format = a.format == "awq"    ? formats::PackedFormat::kAwqGemm
+                               : a.format == "gptq" ? formats::PackedFormat::kGptqV1
+                                                    : formats::PackedFormat::kGptqV2;
+      eo.quantization.bits = a.bits;
+      eo.quantization.group_size = a.group_size == 0 ? -1 : a.group_size;
+      eo.quantization.sym = a.sym;
+      eo.quantization.desc_act = a.act_order;
+      eo.quantization.zero_point = true;
+      eo.true_sequential = true;
+      eo.damp_percent = a.damp;
+    }
+    QF_RETURN_IF_ERROR(save_hf_directory(a.out, m.model->config(), m.model->weights(), m.tokenizer, eo));
+  }
   if (!a.report.empty()) QF_RETURN_IF_ERROR(write_file_atomic(a.report, report.data(), report.size()));
 
   // Summary: the largest output errors.
@@ -171,7 +213,12 @@ Command make_quantize_command() {
     sub->add_option("--calib-seqlen", args->calib_seqlen, "tokens per calibration window")
         ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
     sub->add_option("--seed", args->seed, "calibration sampling seed");
-    sub->add_option("--out", args->out, "output directory (Hugging Face layout, dequantized weights)")->required();
+    sub->add_option("--format", args->format,
+                    "output: hf (dequantized f32 weights), awq (AutoAWQ GEMM), gptq (v1), gptq-v2, gguf (a file)")
+        ->check(CLI::IsMember({"hf", "awq", "gptq", "gptq-v2", "gguf"}));
+    sub->add_option("--dtype", args->dtype, "packed formats: dtype of the non-quantized tensors")
+        ->check(CLI::IsMember({"f16", "bf16"}));
+    sub->add_option("--out", args->out, "output directory (the .gguf file for --format gguf)")->required();
     sub->add_option("--report", args->report, "also write the per-linear report JSON here");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;

@@ -1,5 +1,6 @@
 #include "formats/gguf_quants.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "core/dtype.h"
@@ -277,6 +278,47 @@ Status dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
       break;
     default:
       break;  // unreachable: filtered by ggml_type_can_dequantize
+  }
+  return Status::ok();
+}
+
+Status encode_q4_row(GgmlType t, const uint8_t* codes, const float* scale, const float* zero, int64_t n,
+                     uint8_t* out) {
+  if (t != GgmlType::kQ4_0 && t != GgmlType::kQ4_1)
+    return error("encode_q4_row: ggml type {} is not Q4_0 or Q4_1", ggml_type_name(t));
+  if (n < 0 || n % kQK != 0)
+    return error("encode_q4_row: {} elements is not a multiple of the block size {}", n, kQK);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const uint8_t* q = codes + b * kQK;
+    for (int j = 0; j < kQK; ++j)
+      if (q[j] > 15) return error("element {}: code {} does not fit in 4 bits", b * kQK + j, int(q[j]));
+    const float s = scale[b], z = zero[b];
+    const uint16_t d = f32_to_fp16(s);
+    if (!(fp16_to_f32(d) == s))
+      return error("block {} (elements {}..{}): scale {} is not exactly representable in fp16", b, b * kQK,
+                   b * kQK + kQK - 1, s);
+    uint8_t qs[kQK / 2];
+    for (int j = 0; j < kQK / 2; ++j) qs[j] = uint8_t(q[j] | (q[j + kQK / 2] << 4));
+    if (t == GgmlType::kQ4_0) {
+      if (z != 8.0f)
+        return error("block {} (elements {}..{}): zero point {} (Q4_0 needs the symmetric zero 8)", b, b * kQK,
+                     b * kQK + kQK - 1, z);
+      BlockQ4_0 blk;
+      blk.d = d;
+      std::memcpy(blk.qs, qs, sizeof(qs));
+      std::memcpy(out + b * sizeof(BlockQ4_0), &blk, sizeof(blk));
+    } else {
+      if (!std::isfinite(z))
+        return error("block {} (elements {}..{}): zero point {} is not finite", b, b * kQK, b * kQK + kQK - 1, z);
+      BlockQ4_1 blk;
+      blk.d = d;
+      blk.m = f32_to_fp16(-z * s);
+      if (!std::isfinite(fp16_to_f32(blk.m)))
+        return error("block {} (elements {}..{}): offset -zero * scale = {} overflows fp16", b, b * kQK,
+                     b * kQK + kQK - 1, -z * s);
+      std::memcpy(blk.qs, qs, sizeof(qs));
+      std::memcpy(out + b * sizeof(BlockQ4_1), &blk, sizeof(blk));
+    }
   }
   return Status::ok();
 }

@@ -77,14 +77,29 @@ Expected<ModelConfig> parse_model_config(const std::string& text, const std::str
   QF_ASSIGN_OR_RETURN(c.head_dim, get_int(j, "head_dim", src, false, c.hidden_size / c.num_attention_heads));
   QF_ASSIGN_OR_RETURN(c.max_position_embeddings, get_int(j, "max_position_embeddings", src, false, 2048));
   QF_ASSIGN_OR_RETURN(c.rms_norm_eps, get_num(j, "rms_norm_eps", src, 1e-6));
-  QF_ASSIGN_OR_RETURN(c.rope_theta, get_num(j, "rope_theta", src, 10000.0));
+  // transformers 5 writes rope_theta and the scaling inside "rope_parameters"; older versions at the top level
+  // and in "rope_scaling".
+  const json* rope_params = nullptr;
+  if (auto it = j.find("rope_parameters"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) return error("{}: field 'rope_parameters' must be an object or null", src);
+    rope_params = &*it;
+  }
+  if (j.contains("rope_theta") || !rope_params) {
+    QF_ASSIGN_OR_RETURN(c.rope_theta, get_num(j, "rope_theta", src, 10000.0));
+  } else {
+    QF_ASSIGN_OR_RETURN(c.rope_theta, get_num(*rope_params, "rope_theta", src, 10000.0));
+  }
   if (auto it = j.find("tie_word_embeddings"); it != j.end()) {
     if (!it->is_boolean()) return error("{}: field 'tie_word_embeddings' must be a boolean", src);
     c.tie_word_embeddings = it->get<bool>();
   }
+  const json* rope_scaling = rope_params;
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) return error("{}: field 'rope_scaling' must be an object or null", src);
-    const json& rs = *it;
+    rope_scaling = &*it;
+  }
+  if (rope_scaling) {
+    const json& rs = *rope_scaling;
     std::string type;
     if (auto t = rs.find("rope_type"); t != rs.end() && t->is_string()) type = t->get<std::string>();
     else if (auto t2 = rs.find("type"); t2 != rs.end() && t2->is_string()) type = t2->get<std::string>();
@@ -107,6 +122,7 @@ Expected<ModelConfig> parse_model_config(const std::string& text, const std::str
         if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
   }
   if (auto it = j.find("torch_dtype"); it != j.end() && it->is_string()) c.torch_dtype = it->get<std::string>();
+  else if (auto it2 = j.find("dtype"); it2 != j.end() && it2->is_string()) c.torch_dtype = it2->get<std::string>();
   QF_RETURN_IF_ERROR(validate_model_config(c, src));
   return c;
 }

@@ -14,17 +14,18 @@ struct LinearSpec {
   LinearInput input;           // the input slot (shared by q/k/v and by gate/up)
   Tensor LayerWeights::*weight;  // [out, in]
   Tensor LayerWeights::*bias;    // nullptr when the linear has no bias in this family
+  PackedWeight LayerWeights::*packed;  // its packed int4 form, when the model holds one
 };
 
 // In true-sequential order (q,k,v -> o -> gate,up -> down).
 inline constexpr std::array<LinearSpec, 7> kLlamaLinears = {{
-    {"self_attn.q_proj", LinearInput::kQKV, &LayerWeights::wq, &LayerWeights::bq},
-    {"self_attn.k_proj", LinearInput::kQKV, &LayerWeights::wk, &LayerWeights::bk},
-    {"self_attn.v_proj", LinearInput::kQKV, &LayerWeights::wv, &LayerWeights::bv},
-    {"self_attn.o_proj", LinearInput::kO, &LayerWeights::wo, nullptr},
-    {"mlp.gate_proj", LinearInput::kGateUp, &LayerWeights::w_gate, nullptr},
-    {"mlp.up_proj", LinearInput::kGateUp, &LayerWeights::w_up, nullptr},
-    {"mlp.down_proj", LinearInput::kDown, &LayerWeights::w_down, nullptr},
+    {"self_attn.q_proj", LinearInput::kQKV, &LayerWeights::wq, &LayerWeights::bq, &LayerWeights::pq},
+    {"self_attn.k_proj", LinearInput::kQKV, &LayerWeights::wk, &LayerWeights::bk, &LayerWeights::pk},
+    {"self_attn.v_proj", LinearInput::kQKV, &LayerWeights::wv, &LayerWeights::bv, &LayerWeights::pv},
+    {"self_attn.o_proj", LinearInput::kO, &LayerWeights::wo, nullptr, &LayerWeights::po},
+    {"mlp.gate_proj", LinearInput::kGateUp, &LayerWeights::w_gate, nullptr, &LayerWeights::p_gate},
+    {"mlp.up_proj", LinearInput::kGateUp, &LayerWeights::w_up, nullptr, &LayerWeights::p_up},
+    {"mlp.down_proj", LinearInput::kDown, &LayerWeights::w_down, nullptr, &LayerWeights::p_down},
 }};
 
 // The input slots in the order a layer's forward reaches them.

@@ -30,19 +30,19 @@ std::vector<TensorSlot> tensor_slots(const ModelConfig& c, ModelWeights& w) {
     LayerWeights& L = w.layers[size_t(l)];
     const std::string p = fmt::format("model.layers.{}.", l);
     s.push_back({p + "input_layernorm.weight", {H}, &L.attn_norm, l});
-    s.push_back({p + "self_attn.q_proj.weight", {Q, H}, &L.wq, l});
-    s.push_back({p + "self_attn.k_proj.weight", {KV, H}, &L.wk, l});
-    s.push_back({p + "self_attn.v_proj.weight", {KV, H}, &L.wv, l});
+    s.push_back({p + "self_attn.q_proj.weight", {Q, H}, &L.wq, l, &L.pq});
+    s.push_back({p + "self_attn.k_proj.weight", {KV, H}, &L.wk, l, &L.pk});
+    s.push_back({p + "self_attn.v_proj.weight", {KV, H}, &L.wv, l, &L.pv});
     if (c.attention_bias) {
       s.push_back({p + "self_attn.q_proj.bias", {Q}, &L.bq, l});
       s.push_back({p + "self_attn.k_proj.bias", {KV}, &L.bk, l});
       s.push_back({p + "self_attn.v_proj.bias", {KV}, &L.bv, l});
     }
-    s.push_back({p + "self_attn.o_proj.weight", {H, Q}, &L.wo, l});
+    s.push_back({p + "self_attn.o_proj.weight", {H, Q}, &L.wo, l, &L.po});
     s.push_back({p + "post_attention_layernorm.weight", {H}, &L.mlp_norm, l});
-    s.push_back({p + "mlp.gate_proj.weight", {I, H}, &L.w_gate, l});
-    s.push_back({p + "mlp.up_proj.weight", {I, H}, &L.w_up, l});
-    s.push_back({p + "mlp.down_proj.weight", {H, I}, &L.w_down, l});
+    s.push_back({p + "mlp.gate_proj.weight", {I, H}, &L.w_gate, l, &L.p_gate});
+    s.push_back({p + "mlp.up_proj.weight", {I, H}, &L.w_up, l, &L.p_up});
+    s.push_back({p + "mlp.down_proj.weight", {H, I}, &L.w_down, l, &L.p_down});
   }
   s.push_back({"model.norm.weight", {H}, &w.final_norm, -1});
   if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {V, H}, &w.lm_head, -1});
@@ -107,6 +107,26 @@ void LlamaModel::rope_tables(int64_t pos0, int64_t T, std::vector<float>& cos, s
     }
 }
 
+namespace {
+// y[T, N] = x[T, K] @ W^T: an override (AWQ's candidates) first, else the packed int4 form, else the f32 tensor.
+void run_linear(const float* x, int64_t T, int64_t K, const float* override_w, const Tensor& w,
+                const PackedWeight& packed, int64_t N, const Tensor& bias, float* y) {
+  const float* b = bias.empty() ? nullptr : bias.f32();
+  if (!override_w && packed) {
+    kernels::w4_linear(x, T, K, *packed, b, y, N);
+    return;
+  }
+  ops::linear(x, T, K, K, override_w ? override_w : w.f32(), N, b, y, N);
+}
+const Tensor kNoBias;
+}  // namespace
+
+bool ModelWeights::has_packed() const {
+  for (const LayerWeights& L : layers)
+    if (L.pq || L.pk || L.pv || L.po || L.p_gate || L.p_up || L.p_down) return true;
+  return false;
+}
+
 void LlamaModel::attention_forward(int layer, const float* xn, int64_t T, int64_t pos0, float* k_cache,
                                    float* v_cache, const AttentionWeights& w, float* out,
                                    const LinearInputHook& hook) const {
@@ -119,14 +139,14 @@ void LlamaModel::attention_forward(int layer, const float* xn, int64_t T, int64_
   std::vector<float> q(size_t(T * Q)), attn(size_t(T * Q));
   float* k_new = k_cache + pos0 * KV;
   float* v_new = v_cache + pos0 * KV;
-  ops::linear(xn, T, H, H, w.wq ? w.wq : L.wq.f32(), Q, L.bq.empty() ? nullptr : L.bq.f32(), q.data(), Q);
-  ops::linear(xn, T, H, H, w.wk ? w.wk : L.wk.f32(), KV, L.bk.empty() ? nullptr : L.bk.f32(), k_new, KV);
-  ops::linear(xn, T, H, H, w.wv ? w.wv : L.wv.f32(), KV, L.bv.empty() ? nullptr : L.bv.f32(), v_new, KV);
+  run_linear(xn, T, H, w.wq, L.wq, L.pq, Q, L.bq, q.data());
+  run_linear(xn, T, H, w.wk, L.wk, L.pk, KV, L.bk, k_new);
+  run_linear(xn, T, H, w.wv, L.wv, L.pv, KV, L.bv, v_new);
   ops::rope_apply(q.data(), T, nh, hd, cos.data(), sin.data());
   ops::rope_apply(k_new, T, nkv, hd, cos.data(), sin.data());
   ops::attention_causal(q.data(), T, pos0, k_cache, v_cache, nh, nkv, hd, attn.data());
   if (hook) hook(layer, LinearInput::kO, attn.data(), T, Q);
-  ops::linear(attn.data(), T, Q, Q, w.wo ? w.wo : L.wo.f32(), H, nullptr, out, H);
+  run_linear(attn.data(), T, Q, w.wo, L.wo, L.po, H, kNoBias, out);
 }
 
 void LlamaModel::mlp_forward(int layer, const float* xn, int64_t T, const MlpWeights& w, float* out,
@@ -134,11 +154,11 @@ void LlamaModel::mlp_forward(int layer, const float* xn, int64_t T, const MlpWei
   const LayerWeights& L = weights_.layers[size_t(layer)];
   const int64_t H = config_.hidden_size, I = config_.intermediate_size;
   std::vector<float> gate(size_t(T * I)), up(size_t(T * I));
-  ops::linear(xn, T, H, H, w.w_gate ? w.w_gate : L.w_gate.f32(), I, nullptr, gate.data(), I);
-  ops::linear(xn, T, H, H, w.w_up ? w.w_up : L.w_up.f32(), I, nullptr, up.data(), I);
+  run_linear(xn, T, H, w.w_gate, L.w_gate, L.p_gate, I, kNoBias, gate.data());
+  run_linear(xn, T, H, w.w_up, L.w_up, L.p_up, I, kNoBias, up.data());
   ops::silu_mul(gate.data(), up.data(), gate.data(), T * I);
   if (hook) hook(layer, LinearInput::kDown, gate.data(), T, I);
-  ops::linear(gate.data(), T, I, I, w.w_down ? w.w_down : L.w_down.f32(), H, nullptr, out, H);
+  run_linear(gate.data(), T, I, w.w_down, L.w_down, L.p_down, H, kNoBias, out);
 }
 
 void LlamaModel::decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,

@@ -4,15 +4,21 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "kernels/cpu/w4a16.h"
 #include "model/config.h"
 
 namespace qforge {
+
+// A linear held as packed int4 (W4A16); when set, the forward runs the int4 kernel and the f32 tensor
+// of that linear is empty.
+using PackedWeight = std::shared_ptr<const kernels::W4Weight>;
 
 struct LayerWeights {
   Tensor attn_norm;  // [H]
@@ -25,6 +31,8 @@ struct LayerWeights {
   Tensor w_gate;     // [I, H]
   Tensor w_up;       // [I, H]
   Tensor w_down;     // [H, I]
+  // Packed forms (null unless loaded from a quantized checkpoint), same shapes as the tensors above.
+  PackedWeight pq, pk, pv, po, p_gate, p_up, p_down;
 };
 
 struct ModelWeights {
@@ -34,6 +42,7 @@ struct ModelWeights {
   Tensor lm_head;     // [V, H]; empty when tie_word_embeddings
 
   const Tensor& output_matrix() const { return lm_head.empty() ? embed : lm_head; }
+  bool has_packed() const;  // any linear held as packed int4
 };
 
 // One entry per tensor of the checkpoint: the Hugging Face name, the expected shape, and the slot.
@@ -42,6 +51,7 @@ struct TensorSlot {
   Shape shape;
   Tensor* tensor;
   int layer;  // -1 for embedding, final norm, lm_head
+  PackedWeight* packed = nullptr;  // the linears' weights: where a packed form goes instead
 };
 // Every tensor the config implies, in a fixed order. Drives load, export and validation.
 std::vector<TensorSlot> tensor_slots(const ModelConfig& c, ModelWeights& w);

@@ -3,7 +3,16 @@
 #include <filesystem>
 #include <map>
 
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
 #include "formats/gguf.h"
+#include "formats/gguf_quants.h"
+#include "formats/quant_pack.h"
 #include "formats/safetensors.h"
 
 namespace qforge {
@@ -42,11 +51,12 @@ std::string gguf_name(const std::string& hf) {
   return hf;
 }
 
-void permute_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads, bool to_hf) {
+template <typename T>
+void permute_rows(T* w, int64_t rows, int64_t cols, int64_t n_heads, bool to_hf) {
   const int64_t hd = rows / n_heads, half = hd / 2;
-  std::vector<float> tmp(size_t(hd * cols));
+  std::vector<T> tmp(size_t(hd * cols));
   for (int64_t h = 0; h < n_heads; ++h) {
-    float* head = w + h * hd * cols;
+    T* head = w + h * hd * cols;
     std::copy(head, head + hd * cols, tmp.begin());
     for (int64_t i = 0; i < half; ++i)
       for (int64_t j = 0; j < 2; ++j) {
@@ -60,11 +70,54 @@ void permute_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads, bool to
 }  // namespace
 
 void unpermute_rope_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
-  permute_rows(w, rows, cols, n_heads, true);
+  permute_rows<float>(w, rows, cols, n_heads, true);
 }
 void permute_rope_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
-  permute_rows(w, rows, cols, n_heads, false);
+  permute_rows<float>(w, rows, cols, n_heads, false);
 }
+
+namespace {
+
+// A Q4_0 / Q4_1 matrix [rows, cols] as codes and per-32 (scale, zero): Q4_0 value = (q - 8) * d; Q4_1 value
+// = q * d + m = (q - (-m / d)) * d. The Q4_1 zero -m/d is rounded to fp16 by the runtime layout (the only
+// inexact step; blocks with d == 0 and m != 0 cannot be expressed and leave the tensor dense).
+Expected<std::optional<kernels::W4Weight>> q4_to_w4(const gguf::GgufFile& f, const gguf::TensorInfo& ti, int64_t rows,
+                                                   int64_t cols, int64_t rope_heads, const std::string& name) {
+  if (ti.type != gguf::GgmlType::kQ4_0 && ti.type != gguf::GgmlType::kQ4_1) return std::optional<kernels::W4Weight>();
+  const bool q41 = ti.type == gguf::GgmlType::kQ4_1;
+  const int64_t block_bytes = q41 ? 20 : 18, nb = cols / 32;
+  if (cols % kernels::kW4Chunk != 0) return std::optional<kernels::W4Weight>();
+  const std::span<const uint8_t> bytes = f.tensor_bytes(ti);
+  if (int64_t(bytes.size()) != rows * nb * block_bytes)
+    return error("{}: tensor '{}' has {} bytes, expected {}", f.path(), ti.name, bytes.size(), rows * nb * block_bytes);
+  std::vector<uint8_t> codes(size_t(rows * cols));
+  std::vector<float> scales(size_t(rows * nb)), zeros(size_t(rows * nb));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = bytes.data() + (r * nb + b) * block_bytes;
+      uint16_t dh, mh = 0;
+      std::memcpy(&dh, blk, 2);
+      if (q41) std::memcpy(&mh, blk + 2, 2);
+      const uint8_t* qs = blk + (q41 ? 4 : 2);
+      const float d = fp16_to_f32(dh), m = fp16_to_f32(mh);
+      if (d == 0 && m != 0) return std::optional<kernels::W4Weight>();
+      scales[size_t(r * nb + b)] = d;
+      zeros[size_t(r * nb + b)] = q41 ? (d == 0 ? 0.0f : -m / d) : 8.0f;
+      for (int j = 0; j < 16; ++j) {
+        codes[size_t(r * cols + b * 32 + j)] = qs[j] & 0xF;
+        codes[size_t(r * cols + b * 32 + j + 16)] = qs[j] >> 4;
+      }
+    }
+  if (rope_heads > 0) {
+    permute_rows<uint8_t>(codes.data(), rows, cols, rope_heads, true);
+    permute_rows<float>(scales.data(), rows, nb, rope_heads, true);
+    permute_rows<float>(zeros.data(), rows, nb, rope_heads, true);
+  }
+  QF_ASSIGN_OR_RETURN(kernels::W4Weight w, kernels::w4_pack(codes.data(), scales.data(), zeros.data(), rows, cols, 32, {}, name));
+  return std::optional<kernels::W4Weight>(std::move(w));
+}
+
+}  // namespace
 
 Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f) {
   QF_ASSIGN_OR_RETURN(std::string arch, f.get_string("general.architecture"));
@@ -119,7 +172,7 @@ Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f) {
   return c;
 }
 
-Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c) {
+Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4) {
   ModelWeights w;
   for (TensorSlot& s : tensor_slots(c, w)) {
     const std::string gname = gguf_name(s.name);
@@ -128,12 +181,20 @@ Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelCon
     if (!(ti->shape() == s.shape))
       return error("{}: tensor '{}' has shape {}, the model config implies {}", f.path(), gname,
                    ti->shape().str(), s.shape.str());
-    QF_ASSIGN_OR_RETURN(*s.tensor, f.load_f32(*ti));
     const bool is_q = s.name.ends_with("self_attn.q_proj.weight") || s.name.ends_with("self_attn.q_proj.bias");
     const bool is_k = s.name.ends_with("self_attn.k_proj.weight") || s.name.ends_with("self_attn.k_proj.bias");
-    if (is_q || is_k) {
+    const int64_t rope_heads = is_q ? c.num_attention_heads : is_k ? c.num_key_value_heads : 0;
+    if (pack_q4 && s.packed) {
+      QF_ASSIGN_OR_RETURN(std::optional<kernels::W4Weight> w4, q4_to_w4(f, *ti, s.shape[0], s.shape[1], rope_heads, s.name));
+      if (w4) {
+        *s.packed = std::make_shared<const kernels::W4Weight>(std::move(*w4));
+        continue;
+      }
+    }
+    QF_ASSIGN_OR_RETURN(*s.tensor, f.load_f32(*ti));
+    if (rope_heads > 0) {
       const int64_t rows = s.shape[0], cols = s.shape.rank == 2 ? s.shape[1] : 1;
-      unpermute_rope_rows(s.tensor->f32(), rows, cols, is_q ? c.num_attention_heads : c.num_key_value_heads);
+      unpermute_rope_rows(s.tensor->f32(), rows, cols, rope_heads);
     }
   }
   return w;
@@ -141,10 +202,10 @@ Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelCon
 
 namespace {
 
-Expected<LoadedModel> load_gguf(const std::string& path) {
+Expected<LoadedModel> load_gguf(const std::string& path, const LoadOptions& opt) {
   QF_ASSIGN_OR_RETURN(gguf::GgufFile f, gguf::GgufFile::open(path));
   QF_ASSIGN_OR_RETURN(ModelConfig c, config_from_gguf(f));
-  QF_ASSIGN_OR_RETURN(ModelWeights w, weights_from_gguf(f, c));
+  QF_ASSIGN_OR_RETURN(ModelWeights w, weights_from_gguf(f, c, opt.pack_q4));
   LoadedModel m;
   m.source = path;
   QF_ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::from_gguf(f));
@@ -152,16 +213,104 @@ Expected<LoadedModel> load_gguf(const std::string& path) {
   return m;
 }
 
-Expected<LoadedModel> load_hf_dir(const std::string& dir) {
+Expected<std::string> read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return error("{}: cannot open", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// quantization_config from config.json, else from quantize_config.json (older GPTQ checkpoints); nullopt when
+// the checkpoint is not quantized.
+Expected<std::optional<formats::QuantizationConfig>> find_quantization_config(const std::string& dir) {
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  QF_ASSIGN_OR_RETURN(std::string text, read_text(cfg_path));
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("quantization_config")) {
+    QF_ASSIGN_OR_RETURN(formats::QuantizationConfig q,
+                        formats::parse_quantization_config(j["quantization_config"].dump(), cfg_path));
+    return std::optional<formats::QuantizationConfig>(q);
+  }
+  const std::string qc_path = (fs::path(dir) / "quantize_config.json").string();
+  std::error_code ec;
+  if (fs::exists(qc_path, ec)) {
+    QF_ASSIGN_OR_RETURN(std::string qtext, read_text(qc_path));
+    nlohmann::json qj = nlohmann::json::parse(qtext, nullptr, false);
+    if (qj.is_object() && !qj.contains("quant_method")) qj["quant_method"] = "gptq";
+    QF_ASSIGN_OR_RETURN(formats::QuantizationConfig q, formats::parse_quantization_config(qj.dump(), qc_path));
+    return std::optional<formats::QuantizationConfig>(q);
+  }
+  return std::optional<formats::QuantizationConfig>();
+}
+
+// Copies an integer/fp16 tensor of the checkpoint out of the map (the view may be misaligned), checking dtype
+// and shape; errors name the tensor.
+template <typename T>
+Status read_exact(const safetensors::Checkpoint& ckpt, const std::string& dir, const std::string& name, DType dtype,
+                  const Shape& shape, std::vector<T>& out) {
+  const safetensors::TensorEntry* e = ckpt.find(name);
+  if (!e) return error("{}: tensor '{}' missing", dir, name);
+  if (e->view.dtype != dtype)
+    return error("{}: tensor '{}' has dtype {}, expected {}", dir, name, dtype_name(e->view.dtype), dtype_name(dtype));
+  if (!(e->view.shape == shape))
+    return error("{}: tensor '{}' has shape {}, expected {}", dir, name, e->view.shape.str(), shape.str());
+  out.resize(size_t(shape.numel()));
+  std::memcpy(out.data(), e->view.data, out.size() * sizeof(T));
+  return Status::ok();
+}
+
+// One packed linear of an AWQ/GPTQ checkpoint, unpacked to codes and repacked for the runtime.
+Expected<PackedWeight> load_packed_linear(const safetensors::Checkpoint& ckpt, const std::string& dir,
+                                          const formats::QuantizationConfig& qc, const std::string& base,
+                                          const Shape& shape) {
+  formats::PackedLinear p;
+  p.out = shape[0];
+  p.in = shape[1];
+  p.group_size = qc.group_size == -1 ? p.in : qc.group_size;
+  if (p.out % formats::kPerWord != 0 || p.in % formats::kPerWord != 0)
+    return error("{}: {} is [{}, {}]; packed layers need both dimensions to be multiples of 8", dir, base, p.out, p.in);
+  if (p.in % p.group_size != 0)
+    return error("{}: group_size {} does not divide in_features {} of {}", dir, p.group_size, p.in, base);
+  const int64_t O = p.out, I = p.in, G = p.groups(), W = formats::kPerWord;
+  const bool awq = qc.format == formats::PackedFormat::kAwqGemm;
+  QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".qweight", DType::kI32, awq ? Shape{I, O / W} : Shape{I / W, O}, p.qweight));
+  QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".qzeros", DType::kI32, Shape{G, O / W}, p.qzeros));
+  QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".scales", DType::kF16, Shape{G, O}, p.scales));
+  if (!awq && ckpt.find(base + ".g_idx"))
+    QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".g_idx", DType::kI32, Shape{I}, p.g_idx));
+  QF_ASSIGN_OR_RETURN(quant::QuantizedLinear q, formats::unpack_linear(p, qc.format, base));
+  QF_ASSIGN_OR_RETURN(kernels::W4Weight w4, formats::to_w4_weight(q, base));
+  return std::make_shared<const kernels::W4Weight>(std::move(w4));
+}
+
+Expected<LoadedModel> load_hf_dir(const std::string& dir, const LoadOptions& opt) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   QF_ASSIGN_OR_RETURN(ModelConfig c, load_model_config(cfg_path));
+  QF_ASSIGN_OR_RETURN(std::optional<formats::QuantizationConfig> qc, find_quantization_config(dir));
   QF_ASSIGN_OR_RETURN(safetensors::Checkpoint ckpt, safetensors::Checkpoint::open_dir(dir));
   ModelWeights w;
-  std::map<std::string, bool> used;
   for (TensorSlot& s : tensor_slots(c, w)) {
+    if (qc && s.packed) {
+      const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
+      if (ckpt.find(base + ".qweight")) {
+        QF_ASSIGN_OR_RETURN(*s.packed, load_packed_linear(ckpt, dir, *qc, base, s.shape));
+        if (opt.dequantize_packed) {
+          const std::vector<float> deq = kernels::w4_dequantize(**s.packed);
+          *s.tensor = Tensor(DType::kF32, s.shape);
+          std::copy(deq.begin(), deq.end(), s.tensor->f32());
+          s.packed->reset();
+        }
+        continue;
+      }
+      // Not converted (modules_to_not_convert): a dense weight follows.
+    }
     const safetensors::TensorEntry* e = ckpt.find(s.name);
-    if (!e) return error("{}: tensor '{}' missing (required by {})", dir, s.name, cfg_path);
-    used[s.name] = true;
+    if (!e) {
+      if (s.packed && !qc && ckpt.find(s.name.substr(0, s.name.size() - 7) + ".qweight"))
+        return error("{}: '{}' is stored packed (.qweight) but {} has no quantization_config", dir, s.name, cfg_path);
+      return error("{}: tensor '{}' missing (required by {})", dir, s.name, cfg_path);
+    }
     if (!(e->view.shape == s.shape))
       return error("{}: tensor '{}' has shape {}, but {} implies {}", dir, s.name, e->view.shape.str(), cfg_path,
                    s.shape.str());
@@ -181,11 +330,11 @@ Expected<LoadedModel> load_hf_dir(const std::string& dir) {
 
 }  // namespace
 
-Expected<LoadedModel> load_model(const std::string& path) {
+Expected<LoadedModel> load_model(const std::string& path, const LoadOptions& opt) {
   std::error_code ec;
-  if (fs::is_directory(path, ec)) return load_hf_dir(path);
+  if (fs::is_directory(path, ec)) return load_hf_dir(path, opt);
   if (!fs::exists(path, ec)) return error("{}: no such file or directory", path);
-  return load_gguf(path);
+  return load_gguf(path, opt);
 }
 
 }  // namespace qforge

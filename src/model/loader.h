@@ -22,13 +22,22 @@ struct LoadedModel {
   Tokenizer tokenizer;
 };
 
-// `path` is a .gguf file or a directory with config.json.
-Expected<LoadedModel> load_model(const std::string& path);
+struct LoadOptions {
+  // GGUF: run the Q4_0/Q4_1 linears through the int4 kernels (packed) instead of dequantizing them to f32.
+  bool pack_q4 = false;
+  // AWQ/GPTQ checkpoints: dequantize the packed linears to f32 (for tests and further processing) instead of
+  // keeping them packed for the int4 runtime.
+  bool dequantize_packed = false;
+};
+
+// `path` is a .gguf file or a directory with config.json. A directory whose config.json carries an AWQ (gemm)
+// or GPTQ quantization_config (or a quantize_config.json) loads its linears packed for the W4A16 runtime.
+Expected<LoadedModel> load_model(const std::string& path, const LoadOptions& opt = {});
 
 // Model config from GGUF metadata (llama architecture keys).
 Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f);
-// All weights from GGUF, dequantized to f32 and in Hugging Face layout.
-Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c);
+// All weights from GGUF in Hugging Face layout: dequantized to f32, or with pack_q4 the Q4_0/Q4_1 linears packed.
+Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4 = false);
 
 // Inverse of llama.cpp's convert permutation of q/k rows for RoPE: GGUF stores, within each head,
 // rows interleaved (0, hd/2, 1, hd/2+1, ...); Hugging Face keeps halves. w[rows, cols] in place.

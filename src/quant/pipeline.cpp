@@ -77,7 +77,14 @@ struct Ctx {
   PipelineReport& rep;
   Tensor& x;  // [N*L, H] inputs of the current layer
   int64_t N, L;
+  QuantizedLinears* quantized;  // null: not kept
 };
+
+// Keeps the quantized form of linear `s` of layer l when the caller asked for it.
+void keep_quantized(Ctx& c, int l, const LinearSpec& s, QuantizedLinear&& q) {
+  if (!c.quantized) return;
+  c.quantized->layers[size_t(l)][size_t(&s - kLlamaLinears.data())] = std::move(q);
+}
 
 // Runs decoder layer l on a copy of every window, calling `hook`; x is not changed. With `stop_after`
 // each window's forward ends once that input has been seen.
@@ -149,6 +156,7 @@ Status rtn_layer(Ctx& c, int l) {
     }
     fill_errors(W.f32(), Q, nullptr, r);
     W = std::move(Q);
+    keep_quantized(c, l, s, std::move(q));
     r.seconds = seconds_since(ts);
     c.rep.linears.push_back(std::move(r));
   }
@@ -179,6 +187,7 @@ Status gptq_layer(Ctx& c, int l) {
       r.damp_percent = g.damp_percent;
       r.dead_columns = g.dead_columns;
       W = std::move(Q);
+      keep_quantized(c, l, s, std::move(g.q));
       r.seconds = seconds_since(ts);
       c.rep.linears.push_back(std::move(r));
     }
@@ -364,10 +373,13 @@ Status awq_layer(Ctx& c, int l) {
 }  // namespace
 
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
-                                        const PipelineOptions& opt) {
+                                        const PipelineOptions& opt, QuantizedLinears* quantized) {
   const auto t0 = Clock::now();
   const ModelConfig& cfg = model.config();
   ModelWeights& w = model.mutable_weights();
+  if (w.has_packed())
+    return error("the model holds packed int4 linears; quantize from a full-precision checkpoint "
+                 "(or load the packed one dequantized)");
   for (int l = 0; l < int(cfg.num_hidden_layers); ++l)
     for (const LinearSpec& s : kLlamaLinears) {
       const Tensor& W = w.layers[size_t(l)].*s.weight;
@@ -397,7 +409,14 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
         std::copy(E + int64_t(id) * H, E + (int64_t(id) + 1) * H, x.f32() + (s * L + t) * H);
       }
   }
-  Ctx c{model, opt, rep, x, N, L};
+  if (quantized) {
+    if (opt.keep_fp_fraction > 0)
+      return error("the keep-fp ablation leaves weights off the quantization grid; they cannot be kept as codes");
+    quantized->layers.clear();
+    quantized->layers.resize(size_t(cfg.num_hidden_layers));
+    for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
+  }
+  Ctx c{model, opt, rep, x, N, L, quantized};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   for (int l = 0; l < int(cfg.num_hidden_layers); ++l) {
     switch (opt.method) {

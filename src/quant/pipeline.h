@@ -80,7 +80,9 @@ struct PipelineReport {
 
 // Validates every linear against the config first (a group size that does not divide a layer is an
 // error naming the layer), then quantizes. `calibration` may be empty for RTN.
+// With `quantized` non-null, the quantized linears are kept there (the ablation keep_fp_fraction cannot be
+// kept: its weights are not on the grid).
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
-                                        const PipelineOptions& opt);
+                                        const PipelineOptions& opt, QuantizedLinears* quantized = nullptr);
 
 }  // namespace qforge::quant

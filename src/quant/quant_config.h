@@ -64,4 +64,10 @@ struct QuantizedLinear {
   Tensor dequantize() const;
 };
 
+// The quantized form of every linear of a model: layers[l][i] is kLlamaLinears[i] (model/layer_spec.h) of
+// decoder layer l. Filled by quantize_model when asked; the checkpoint exporters read it.
+struct QuantizedLinears {
+  std::vector<std::vector<QuantizedLinear>> layers;
+};
+
 }  // namespace qforge::quant
