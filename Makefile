@@ -32,11 +32,13 @@ demo: build
 	  --json $(OUT)/compare.json
 	$(QFORGE) quantize --model $(OUT)/smollm2-135m-fp32 --method awq --bits 4 --group-size 64 \
 	  --calib $(DATA)/brown-corpus.txt --calib-samples 16 --calib-seqlen 512 --awq-search-samples 4 \
-	  --out $(OUT)/smollm2-135m-awq4
+	  --format awq --out $(OUT)/smollm2-135m-awq4
 	$(QFORGE) generate --model $(OUT)/smollm2-135m-awq4 --prompt "The capital of France is" --max-tokens 32
 
 bench: build
 	$(BUILD)/engine_bench --model $(MODEL)
+	$(BUILD)/w4a16_bench
+	$(BUILD)/w4_decode_bench --model $(MODEL)
 
 clean:
 	rm -rf build $(OUT)

@@ -1,0 +1,286 @@
+// Benchmark of the CUDA W4A16 linear (src/kernels/cuda/w4a16.h) against cuBLAS fp16 GEMM, same run, same card.
+//
+//   cuda_w4a16_bench [--quick] [--sweep] [--csv FILE]
+//
+// Per Llama shape and batch M: validate (mma path vs dequant+cuBLAS path on the same W4 weight), then time
+// the auto path, the mma path, the dequant+cuBLAS path and cuBLAS fp16 on an fp16 weight of the same shape.
+// Timing: each measurement is a CUDA graph of 20 calls that rotate over enough weight copies to exceed 3x
+// the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 15 timed replays
+// (CUDA events) divided by 20. Effective GB/s counts the weight (codes + scales + zeros), x and y once.
+// Also measured: device copy bandwidth (cudaMemcpyAsync D2D of 1 GiB, bytes read + written).
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/w4a16.h"
+
+using namespace qforge::cuda;
+
+#define CK(expr)                                                                                      \
+  do {                                                                                                \
+    cudaError_t e_ = (expr);                                                                          \
+    if (e_ != cudaSuccess) {                                                                          \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));     \
+      std::exit(1);                                                                                   \
+    }                                                                                                 \
+  } while (0)
+#define CKB(expr)                                                                                     \
+  do {                                                                                                \
+    cublasStatus_t e_ = (expr);                                                                       \
+    if (e_ != CUBLAS_STATUS_SUCCESS) {                                                                \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cublasGetStatusString(e_));  \
+      std::exit(1);                                                                                   \
+    }                                                                                                 \
+  } while (0)
+#define CKS(expr)                                                                                     \
+  do {                                                                                                \
+    CudaStatus s_ = (expr);                                                                           \
+    if (!s_.is_ok()) {                                                                                \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str());                  \
+      std::exit(1);                                                                                   \
+    }                                                                                                 \
+  } while (0)
+
+namespace {
+
+constexpr int kCallsPerGraph = 20;
+constexpr int kWarmup = 3;
+constexpr int kTimed = 15;
+
+__global__ void fill_random_half(__half* p, size_t n, uint32_t seed, float amp) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed;
+    h ^= h >> 15, h *= 0x85EBCA77u, h ^= h >> 13, h *= 0xC2B2AE3Du, h ^= h >> 16;
+    p[i] = __float2half_rn(amp * (static_cast<float>(h & 0xFFFF) / 32768.f - 1.f));
+  }
+}
+
+cudaStream_t g_stream;
+
+// Median time of one call of fn(i) in microseconds; i counts calls so fn can rotate buffers.
+double time_us(const std::function<void(int)>& fn) {
+  for (int i = 0; i < 2; ++i) fn(i);  // first calls outside capture (workspaces, module load)
+  CK(cudaStreamSynchronize(g_stream));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool use_graph = cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (use_graph) {
+    for (int i = 0; i < kCallsPerGraph; ++i) fn(i);
+    use_graph = cudaStreamEndCapture(g_stream, &graph) == cudaSuccess &&
+                cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+    if (!use_graph) (void)cudaGetLastError();
+  }
+  auto run = [&] {
+    if (use_graph) CK(cudaGraphLaunch(exec, g_stream));
+    else
+      for (int i = 0; i < kCallsPerGraph; ++i) fn(i);
+  };
+  for (int i = 0; i < kWarmup; ++i) run();
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < kTimed; ++i) {
+    CK(cudaEventRecord(a, g_stream));
+    run();
+    CK(cudaEventRecord(b, g_stream));
+    CK(cudaEventSynchronize(b));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  if (exec) CK(cudaGraphExecDestroy(exec));
+  if (graph) CK(cudaGraphDestroy(graph));
+  std::sort(ms.begin(), ms.end());
+  return 1000.0 * ms[ms.size() / 2] / kCallsPerGraph;
+}
+
+double copy_bandwidth_gbs() {
+  const size_t bytes = size_t{1} << 30;
+  void *src, *dst;
+  CK(cudaMalloc(&src, bytes));
+  CK(cudaMalloc(&dst, bytes));
+  CK(cudaMemset(src, 1, bytes));
+  std::vector<float> ms;
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 13; ++i) {
+    CK(cudaEventRecord(a, g_stream));
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
+    CK(cudaEventRecord(b, g_stream));
+    CK(cudaEventSynchronize(b));
+    float t;
+    CK(cudaEventElapsedTime(&t, a, b));
+    if (i >= 3) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  CK(cudaFree(src));
+  CK(cudaFree(dst));
+  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+struct Shape {
+  int64_t out, in;
+  const char* name;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, sweep = false;
+  const char* csv_path = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
+    else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
+    else {
+      std::fprintf(stderr, "unknown flag %s (use --quick, --sweep, --csv FILE)\n", argv[i]);
+      return 2;
+    }
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::printf("no CUDA device: benchmark not run\n");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  int driver = 0, runtime = 0;
+  CK(cudaDriverGetVersion(&driver));
+  CK(cudaRuntimeGetVersion(&runtime));
+  CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  std::printf("machine: %s, %d SMs, L2 %d MB, %.1f GB, cc %d.%d, driver %d, runtime %d\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem / 1e9, prop.major, prop.minor,
+              driver, runtime);
+  const double copy_gbs = copy_bandwidth_gbs();
+  std::printf("device copy bandwidth (cudaMemcpy D2D 1 GiB, read + write): %.0f GB/s\n", copy_gbs);
+
+  std::vector<Shape> shapes = {{4096, 4096, "7B qkvo"},    {11008, 4096, "7B gate/up"}, {4096, 11008, "7B down"},
+                               {8192, 8192, "70B qo"},     {28672, 8192, "70B gate/up"}, {8192, 28672, "70B down"},
+                               {1536, 576, "small up"},    {576, 1536, "small down"}};
+  std::vector<int64_t> ms = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  if (quick) shapes = {{4096, 4096, "7B qkvo"}, {28672, 8192, "70B gate/up"}}, ms = {1, 16, 256};
+  const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+
+  cublasHandle_t cublas;
+  CKB(cublasCreate(&cublas));
+  CKB(cublasSetStream(cublas, g_stream));
+  W4A16Context ctx;
+  FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
+  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup\n");
+
+  std::mt19937_64 rng(7);
+  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s | %7s\n", "shape", "out", "in", "M", "auto path",
+              "auto us", "GB/s", "%copy", "mma us", "deq+cub us", "fp16 us", "speedup");
+  for (const Shape& sh : shapes) {
+    const int64_t N = sh.out, K = sh.in, g = K % 128 == 0 ? 128 : 64, G = K / g;  // g64 for in = 576
+    // Random AWQ-style weight: asymmetric, g = 128.
+    std::vector<uint8_t> codes(N * K);
+    for (auto& c : codes) c = static_cast<uint8_t>(rng() & 15);
+    std::vector<float> scales(N * G), zeros(N * G);
+    for (auto& s : scales) s = __half2float(__float2half_rn(0.002f + 0.018f * (rng() % 1000) / 1000.f));
+    for (auto& z : zeros) z = static_cast<float>(rng() % 16);
+    W4A16Packed packed;
+    CKS(w4a16_repack(codes.data(), scales.data(), zeros.data(), nullptr, N, K, g, sh.name, &packed));
+    const double l2 = prop.l2CacheSize;
+    const int w4_copies = static_cast<int>(std::ceil(3 * l2 / packed.bytes()));
+    const int f16_copies = static_cast<int>(std::ceil(3 * l2 / (2.0 * N * K)));
+    std::vector<W4A16DeviceWeight> w4(w4_copies);
+    for (auto& w : w4) CKS(W4A16DeviceWeight::upload(packed, &w));
+    std::vector<__half*> wf(f16_copies);
+    for (int i = 0; i < f16_copies; ++i) {
+      CK(cudaMalloc(&wf[i], N * K * 2));
+      fill_random_half<<<1024, 256, 0, g_stream>>>(wf[i], N * K, 1234 + i, 0.05f);
+      CK(cudaGetLastError());
+    }
+    __half *x, *y, *y2;
+    CK(cudaMalloc(&x, max_m * K * 2));
+    CK(cudaMalloc(&y, max_m * N * 2));
+    CK(cudaMalloc(&y2, max_m * N * 2));
+    fill_random_half<<<1024, 256, 0, g_stream>>>(x, max_m * K, 99, 1.f);
+    CK(cudaGetLastError());
+
+    for (int64_t M : ms) {
+      // validate: mma path against dequant + cuBLAS on the same weight (both within fp16 rounding of the truth)
+      CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, W4Path::kMma));
+      CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
+      std::vector<__half> h1(M * N), h2(M * N);
+      CK(cudaMemcpyAsync(h1.data(), y, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
+      CK(cudaMemcpyAsync(h2.data(), y2, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
+      CK(cudaStreamSynchronize(g_stream));
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < M * N; ++i) {
+        const double a = __half2float(h1[i]), b = __half2float(h2[i]);
+        num += (a - b) * (a - b);
+        den += b * b;
+      }
+      const double rel = std::sqrt(num / std::max(den, 1e-30));
+      if (!(rel < 2e-3)) {  // two fp16 roundings of the weight and the output: ~1e-3 at most
+        std::printf("VALIDATION FAILED %s M=%ld: mma vs cublas path rel err %.3e\n", sh.name, (long)M, rel);
+        return 1;
+      }
+
+      auto run_path = [&](W4Path p) {
+        return time_us([&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, p)); });
+      };
+      const W4Path auto_p = ctx.auto_path(w4[0], M);
+      const double t_mma = run_path(W4Path::kMma);
+      const double t_cub = run_path(W4Path::kCublas);
+      const double t_auto = auto_p == W4Path::kMma ? t_mma : t_cub;
+      const float alpha = 1.f, beta = 0.f;
+      const double t_f16 = time_us([&](int i) {
+        CKB(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wf[i % f16_copies], CUDA_R_16F, K, x,
+                         CUDA_R_16F, K, &beta, y2, CUDA_R_16F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      });
+      const double bytes = packed.bytes() + 2.0 * M * K + 2.0 * M * N;
+      const double gbs = bytes / (t_auto * 1e-6) / 1e9;
+      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %9.2f %9.2f %9.2f | %6.2fx\n", sh.name, (long)N,
+                  (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs, t_mma, t_cub, t_f16,
+                  t_f16 / t_auto);
+      if (csv)
+        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f\n", prop.name, sh.name, (long)N, (long)K,
+                     (long)M, w4_path_name(auto_p), ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto,
+                     gbs, 100 * gbs / copy_gbs, t_f16, t_f16 / t_auto);
+
+      if (sweep && M <= 64) {  // mma block shapes: which (r, split) wins, for tuning mma_plan
+        std::string line;
+        double best = 1e30;
+        std::string best_s;
+        for (int r : {1, 2, 4})
+          for (int split : {0, 1, 2, 4}) {
+            if (r == 4 && M > 16) continue;
+            ctx.set_mma_tuning({0, r, split});
+            const double t = time_us(
+                [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kMma)); });
+            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma);
+            if (t < best) best = t, best_s = d;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, " r%d/s%d:%.1f", r, split, t);
+            line += buf;
+          }
+        ctx.set_mma_tuning({});
+        std::printf("    sweep M=%ld (s0 = auto: %s):%s | best %.2f us %s\n", (long)M,
+                    ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma).c_str(), line.c_str(), best, best_s.c_str());
+      }
+    }
+    for (auto* p : wf) CK(cudaFree(p));
+    CK(cudaFree(x));
+    CK(cudaFree(y));
+    CK(cudaFree(y2));
+  }
+  if (csv) std::fclose(csv);
+  CKB(cublasDestroy(cublas));
+  return 0;
+}

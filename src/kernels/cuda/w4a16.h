@@ -1,0 +1,137 @@
+// CUDA W4A16 linear: fp16 / bf16 activations times 4-bit weights with fp16 group scales (GPTQ symmetric,
+// AWQ asymmetric with 4-bit zero points, act-order through a permutation of the input).
+//
+// Plain host C++: no CUDA headers needed, so non-CUDA code can include it. Streams travel as void*
+// (a cudaStream_t). Errors come back as CudaStatus, whose message names the shape, tensor or CUDA call.
+//
+// Paths (chosen once per call, see W4Path):
+//   mma     - tensor-core kernel with the weight as the mma A operand (y^T = W x^T), the activations as B,
+//             cp.async pipeline per warp, split-K inside the block and, when the grid is small, across
+//             blocks. Batch rows go in tiles of 8 (one mma n8), so batch 1-8 costs one pass over W.
+//   cublas  - dequantize W to fp16/bf16 in a workspace and call cuBLAS (for large batches, as vLLM does).
+// The packed layout is in w4a16_layout.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qforge::cuda {
+
+class [[nodiscard]] CudaStatus {
+ public:
+  CudaStatus() = default;
+  static CudaStatus ok() { return CudaStatus(); }
+  static CudaStatus error(std::string msg) {
+    CudaStatus s;
+    s.ok_ = false;
+    s.msg_ = std::move(msg);
+    return s;
+  }
+  bool is_ok() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const std::string& message() const { return msg_; }
+
+ private:
+  bool ok_ = true;
+  std::string msg_;
+};
+
+enum class ActType { kF16, kBF16 };
+enum class W4Path { kAuto, kMma, kCublas };
+const char* w4_path_name(W4Path p);
+
+// Host-side packed weight (w4a16_layout.h). Build it with w4a16_repack.
+struct W4A16Packed {
+  int64_t out = 0, in = 0;         // N, K
+  int64_t group_size = 0;          // g; == in for per-channel
+  bool symmetric = true;           // zeros empty, zero point 8
+  std::vector<uint8_t> qweight;    // [out/16][in/64][32 lanes][16 bytes]
+  std::vector<uint16_t> scales;    // [in/g][out/16][8][2] fp16 bits
+  std::vector<uint8_t> zeros;      // [in/g][out/16][8] two 4-bit zeros per byte; empty if symmetric
+  std::vector<int32_t> perm;       // [in] kernel column kc reads x[:, perm[kc]]; empty = identity
+  int64_t n_groups() const { return group_size ? in / group_size : 0; }
+  int64_t bytes() const;           // what one pass over the weight reads
+};
+
+// Repacks plain quantized weights (as the quantizers and checkpoint loaders hold them):
+//   codes  [out, in] uint8 0..15, in ORIGINAL input order
+//   scales [out, in/g] float, fp16-exact (rounded to fp16 here; an error if that changes the value)
+//   zeros  [out, in/g] float integers 0..15, or nullptr for symmetric (GPTQ, zero 8)
+//   g_idx  [in] int32 group of each input column, or nullptr for i / g. Act-order g_idx (any order)
+//          is accepted when every group has exactly g columns; columns are then stably sorted by group.
+//   group_size: 16 | g, in % g == 0; pass in (or 0) for per-channel.
+// Shapes: out % 16 == 0, in % 64 == 0. `name` prefixes error messages.
+CudaStatus w4a16_repack(const uint8_t* codes, const float* scales, const float* zeros, const int32_t* g_idx,
+                        int64_t out, int64_t in, int64_t group_size, const std::string& name, W4A16Packed* dst);
+
+// Inverse of w4a16_repack, for tests: codes [out, in] in original input order, scales / zeros
+// [out, in/g] indexed by the group numbers of g_idx (zeros all 8 when symmetric).
+void w4a16_unpack(const W4A16Packed& w, std::vector<uint8_t>* codes, std::vector<float>* scales,
+                  std::vector<float>* zeros);
+
+// Host reference, double accumulation of the dequantized weights, from the plain inputs of w4a16_repack.
+// x [M, in] as float (the fp16/bf16 values), y [M, out]; only output columns in `rows` (all if empty).
+// abs_y [M, out] (nullable) receives sum_k |x[m, k] * w[n, k]|, the scale of the rounding-error bound.
+void w4a16_linear_ref(const float* x, int64_t M, const uint8_t* codes, const float* scales, const float* zeros,
+                      const int32_t* g_idx, int64_t out, int64_t in, int64_t group_size,
+                      const std::vector<int64_t>& rows, double* y, double* abs_y);
+
+// A packed weight on the device (owns its buffers; move-only).
+class W4A16DeviceWeight {
+ public:
+  W4A16DeviceWeight() = default;
+  ~W4A16DeviceWeight();
+  W4A16DeviceWeight(W4A16DeviceWeight&&) noexcept;
+  W4A16DeviceWeight& operator=(W4A16DeviceWeight&&) noexcept;
+  W4A16DeviceWeight(const W4A16DeviceWeight&) = delete;
+  W4A16DeviceWeight& operator=(const W4A16DeviceWeight&) = delete;
+
+  static CudaStatus upload(const W4A16Packed& w, W4A16DeviceWeight* dst);
+
+  int64_t out = 0, in = 0, group_size = 0;
+  bool symmetric = true;
+  void* qweight = nullptr;  // [out/16][in/64][32][16] bytes
+  void* scales = nullptr;   // [in/g][out/16][8] half2
+  void* zeros = nullptr;    // [in/g][out/16][8] bytes, or null
+  void* perm = nullptr;     // [in] int32, or null
+  int64_t bytes = 0;        // bytes one pass reads
+
+ private:
+  void release();
+};
+
+// Per-stream state: cuBLAS handle, workspaces (grown on first use; do a first call outside graph capture).
+class W4A16Context {
+ public:
+  W4A16Context();
+  ~W4A16Context();
+  W4A16Context(const W4A16Context&) = delete;
+  W4A16Context& operator=(const W4A16Context&) = delete;
+  struct Impl;
+
+  // y[M, out] = x[M, in] @ dequant(W)^T. x, y device pointers of `act` type, rows contiguous
+  // (row stride in / out elements), x 16-byte aligned. stream: cudaStream_t or nullptr.
+  CudaStatus linear(const W4A16DeviceWeight& w, const void* x, int64_t M, ActType act, void* y, void* stream,
+                    W4Path path = W4Path::kAuto);
+  // What kAuto picks for this weight and batch.
+  W4Path auto_path(const W4A16DeviceWeight& w, int64_t M) const;
+  // The launch linear() would make, in words ("mma nt=1 r=1 split=2 grid=256x1x2"), for logs and benchmarks.
+  std::string describe(const W4A16DeviceWeight& w, int64_t M, ActType act, W4Path path = W4Path::kAuto) const;
+
+  // Benchmark / tuning hook for the mma path: batch tiles of 8 rows per block (nt in 1, 2, 4, 8), 16-row
+  // output tiles per warp (r in 1, 2, 4 for nt <= 2; 2 for nt >= 4), split-K over blocks; 0 = the built-in choice.
+  struct MmaTuning {
+    int nt = 0, r = 0, split = 0;
+  };
+  void set_mma_tuning(MmaTuning t);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Batch above which kAuto dequantizes and calls cuBLAS (measured on H100, docs/cuda-kernels.md).
+inline constexpr int64_t kW4CublasCrossoverM = 128;
+
+}  // namespace qforge::cuda

@@ -1,0 +1,46 @@
+// Internal launchers of the W4A16 kernels (w4a16_mma.cu, w4a16_dequant.cu); w4a16.cu is the only user.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace qforge::cuda::detail {
+
+struct MmaArgs {
+  const void* qweight = nullptr;   // [N/16][K/64][32] uint4 (w4a16_layout.h)
+  const uint32_t* scales = nullptr;  // [K/g][N/16][8] half2 {row gid, row gid+8}
+  const uint32_t* zeros = nullptr;   // [K/g][N/8] uint32 = 4 bytes of two 4-bit zeros; null: symmetric
+  const void* x = nullptr;         // [M, K] fp16/bf16 in kernel-column order, 16-byte aligned
+  void* y = nullptr;               // [M, N] fp16/bf16
+  float* partial = nullptr;        // [split, M, N] fp32 when split > 1
+  unsigned* counters = nullptr;    // [grid.x * grid.y] zero-initialised, left zero on exit
+  int M = 0, N = 0, K = 0, group = 0;
+  int group_shift = -1;            // log2(group) when a power of two (shift instead of divide), else -1
+};
+
+// Block shape of the mma kernel: nt batch tiles of 8 rows, r output tiles of 16 rows, split-K over blocks.
+struct MmaConfig {
+  int nt = 0, r = 0, split = 0;  // 0 = choose
+};
+
+struct MmaPlan {
+  MmaConfig cfg;
+  dim3 grid;
+  int stages = 0;
+  size_t smem = 0;
+  size_t partial_floats = 0;  // workspace needed (split > 1)
+  size_t counters = 0;
+};
+
+// Fills in the unset fields of `want` for this problem on `sm_count` multiprocessors.
+cudaError_t mma_plan(bool bf16, int M, int N, int K, int sm_count, MmaConfig want, MmaPlan* plan);
+cudaError_t mma_launch(bool bf16, const MmaPlan& plan, const MmaArgs& args, cudaStream_t stream);
+
+// w_out [N, K] fp16/bf16 (kernel-column order) = dequant(W).
+cudaError_t dequant_launch(bool bf16, const void* qweight, const uint32_t* scales, const uint32_t* zeros, int N,
+                           int K, int group, void* w_out, cudaStream_t stream);
+// x_out[m, kc] = x[m, perm[kc]] for [M, K] 16-bit activations.
+cudaError_t permute_launch(const void* x, const int32_t* perm, int M, int K, void* x_out, cudaStream_t stream);
+
+}  // namespace qforge::cuda::detail

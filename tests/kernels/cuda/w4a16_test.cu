@@ -1,0 +1,392 @@
+// Tests of the CUDA W4A16 kernels (src/kernels/cuda/w4a16*.cu). A self-checking executable (no GTest: it also
+// builds on the bare GPU machine), registered in CTest twice:
+//   cuda_w4a16_layout  (--host): pack / unpack round trips, the documented bit order, error messages.
+//   cuda_w4a16_gpu     (--gpu, LABELS gpu): kernels against the f64 host reference on Llama shapes.
+//     Without a GPU it prints "GPU TESTS NOT RUN" and exits 77, which CTest reports as skipped.
+//   --quick: small shapes only (for compute-sanitizer).
+//
+// Error bound (per output y[m, n], A = sum_k |x[m,k] * w[n,k]| with w the exact dequantised weight):
+//   |y - y_ref| <= u_w * A          the dequantised weight is rounded once to the activation type
+//                + K * 2^-23 * A     fp32 accumulation (mma, split-K sums, cuBLAS), allowing 2 ulp per add
+//                + u_o * |y_ref|     the final rounding of y to the activation type
+//                + 2^-14 * u_o       underflow near zero
+// with u_w = u_o = 2^-11 for fp16 and 2^-8 for bf16 (unit roundoff). x is rounded to the activation type
+// before the reference sees it, so it adds no error. One wrong code moves y by |x| * scale >= ~1e-3 * A / K
+// per element in these tests, far above the bound's scale for K >= 256, so a layout slip cannot pass.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/w4a16.h"
+#include "kernels/cuda/w4a16_layout.h"
+
+using namespace qforge::cuda;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define EXPECT(cond, ...)                                           \
+  do {                                                              \
+    ++g_checks;                                                     \
+    if (!(cond)) {                                                  \
+      ++g_failures;                                                 \
+      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
+      std::printf(__VA_ARGS__);                                     \
+      std::printf("\n");                                            \
+    }                                                               \
+  } while (0)
+
+#define REQUIRE_CUDA(expr)                                                                          \
+  do {                                                                                              \
+    cudaError_t e_ = (expr);                                                                        \
+    if (e_ != cudaSuccess) {                                                                        \
+      std::printf("FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));     \
+      std::exit(1);                                                                                 \
+    }                                                                                               \
+  } while (0)
+
+struct Quant {
+  int64_t out = 0, in = 0, g = 0;
+  bool sym = true, act_order = false;
+  std::vector<uint8_t> codes;   // [out, in]
+  std::vector<float> scales;    // [out, in/g]
+  std::vector<float> zeros;     // [out, in/g] (empty when symmetric)
+  std::vector<int32_t> g_idx;   // [in] (empty unless act-order)
+};
+
+Quant make_quant(int64_t out, int64_t in, int64_t g, bool sym, bool act_order, std::mt19937_64& rng) {
+  Quant q;
+  q.out = out, q.in = in, q.g = g <= 0 ? in : g, q.sym = sym, q.act_order = act_order;
+  const int64_t G = in / q.g;
+  q.codes.resize(out * in);
+  for (auto& c : q.codes) c = static_cast<uint8_t>(rng() & 15);
+  std::uniform_real_distribution<float> us(0.002f, 0.02f);
+  q.scales.resize(out * G);
+  for (auto& s : q.scales) s = __half2float(__float2half_rn(us(rng)));
+  if (!sym) {
+    q.zeros.resize(out * G);
+    for (auto& z : q.zeros) z = static_cast<float>(rng() % 16);
+  }
+  if (act_order) {  // GPTQ act-order: a random column order, groups of g consecutive columns in that order
+    std::vector<int32_t> order(in);
+    for (int64_t k = 0; k < in; ++k) order[k] = static_cast<int32_t>(k);
+    std::shuffle(order.begin(), order.end(), rng);
+    q.g_idx.resize(in);
+    for (int64_t i = 0; i < in; ++i) q.g_idx[order[i]] = static_cast<int32_t>(i / q.g);
+  }
+  return q;
+}
+
+CudaStatus repack(const Quant& q, W4A16Packed* p) {
+  return w4a16_repack(q.codes.data(), q.scales.data(), q.sym ? nullptr : q.zeros.data(),
+                      q.act_order ? q.g_idx.data() : nullptr, q.out, q.in, q.g, "test", p);
+}
+
+// ---------------------------------------------------------------- host tests
+
+void test_round_trip() {
+  std::mt19937_64 rng(1);
+  struct Case { int64_t out, in, g; bool sym, ao; };
+  const Case cases[] = {{16, 64, 32, true, false},  {32, 128, 64, false, false}, {48, 256, 128, false, true},
+                        {16, 192, 0, true, false},  {64, 512, 32, false, true},  {576, 1536, 128, true, true},
+                        {32, 320, 16, false, false}};
+  for (const Case& c : cases) {
+    const Quant q = make_quant(c.out, c.in, c.g, c.sym, c.ao, rng);
+    W4A16Packed p;
+    const CudaStatus s = repack(q, &p);
+    EXPECT(s.is_ok(), "repack [%ld, %ld] g=%ld: %s", (long)c.out, (long)c.in, (long)c.g, s.message().c_str());
+    if (!s.is_ok()) continue;
+    EXPECT(static_cast<int64_t>(p.qweight.size()) == c.out * c.in / 2, "qweight bytes");
+    EXPECT(p.perm.empty() == !c.ao, "perm present only for act-order");
+    std::vector<uint8_t> codes;
+    std::vector<float> scales, zeros;
+    w4a16_unpack(p, &codes, &scales, &zeros);
+    EXPECT(codes == q.codes, "codes round trip [%ld, %ld] g=%ld ao=%d", (long)c.out, (long)c.in, (long)c.g, c.ao);
+    EXPECT(scales == q.scales, "scales round trip [%ld, %ld]", (long)c.out, (long)c.in);
+    if (!c.sym) EXPECT(zeros == q.zeros, "zeros round trip [%ld, %ld]", (long)c.out, (long)c.in);
+    const int64_t G = c.in / (c.g <= 0 ? c.in : c.g);
+    const int64_t want = c.out * c.in / 2 + c.out * G * 2 + (c.sym ? 0 : c.out * G / 2) + (c.ao ? c.in * 4 : 0);
+    EXPECT(p.bytes() == want, "bytes() = %ld, want %ld", (long)p.bytes(), (long)want);
+  }
+}
+
+// The bit order written in w4a16_layout.h, checked on one hand-worked element: row 9, input column 70 of a
+// [16, 128] weight lies in tile kb = 1 at tile column 6: tid = 0, step t = 1, pair (6 >> 1) & 1 = 1, element 0;
+// gid = 1, half 1 -> lane 4, word 1, nibble 1 + 2 = 3 -> byte 512 + 4*16 + 1*4 + 1 = 581, high nibble.
+void test_bit_order() {
+  Quant q;
+  q.out = 16, q.in = 128, q.g = 128, q.sym = true;
+  q.codes.assign(16 * 128, 0);
+  q.codes[9 * 128 + 70] = 0xB;
+  q.scales.assign(16, 1.f);
+  W4A16Packed p;
+  const CudaStatus s = repack(q, &p);
+  EXPECT(s.is_ok(), "%s", s.message().c_str());
+  for (size_t i = 0; i < p.qweight.size(); ++i) {
+    const uint8_t want = i == 581 ? 0xB0 : 0;
+    EXPECT(p.qweight[i] == want, "qweight[%zu] = 0x%02x, want 0x%02x", i, p.qweight[i], want);
+  }
+  // Scale of row 9 (gid 1, half 1) in group 0: fp16 index 0 * 16 + 0 + 2 * 1 + 1 = 3.
+  q.scales[9] = 0.5f;
+  (void)repack(q, &p);
+  EXPECT(p.scales[3] == 0x3800, "scale of row 9 at fp16 index 3, got 0x%04x", p.scales[3]);
+}
+
+void test_errors() {
+  std::mt19937_64 rng(2);
+  auto has = [](const CudaStatus& s, const char* part) { return !s.is_ok() && s.message().find(part) != std::string::npos; };
+  W4A16Packed p;
+  {
+    Quant q = make_quant(16, 64, 32, true, false, rng);
+    const CudaStatus s = w4a16_repack(q.codes.data(), q.scales.data(), nullptr, nullptr, 24, 64, 32, "layer.q", &p);
+    EXPECT(has(s, "[24, 64]") && has(s, "layer.q"), "bad out names the shape: %s", s.message().c_str());
+    const CudaStatus s2 = w4a16_repack(q.codes.data(), q.scales.data(), nullptr, nullptr, 16, 96, 32, "layer.q", &p);
+    EXPECT(has(s2, "[16, 96]"), "bad in names the shape: %s", s2.message().c_str());
+    const CudaStatus s3 = w4a16_repack(q.codes.data(), q.scales.data(), nullptr, nullptr, 16, 64, 24, "layer.q", &p);
+    EXPECT(has(s3, "group_size 24"), "bad group: %s", s3.message().c_str());
+  }
+  {
+    Quant q = make_quant(16, 64, 32, false, false, rng);
+    q.scales[5] = 0.1f;  // not an fp16 value
+    EXPECT(has(repack(q, &p), "scales[2, 1]"), "non-fp16 scale is named");
+  }
+  {
+    Quant q = make_quant(16, 64, 32, false, false, rng);
+    q.zeros[3] = 2.5f;
+    EXPECT(has(repack(q, &p), "zeros[1, 1]"), "non-integer zero is named");
+    q = make_quant(16, 64, 32, false, false, rng);
+    q.codes[70] = 16;
+    EXPECT(has(repack(q, &p), "codes[1, 6]"), "bad code is named");
+  }
+  {
+    Quant q = make_quant(16, 64, 32, true, true, rng);
+    q.g_idx[0] = 1 - q.g_idx[0];  // one group gets 33 columns
+    EXPECT(has(repack(q, &p), "columns, expected group_size = 32"), "unequal act-order groups are rejected");
+  }
+}
+
+// ---------------------------------------------------------------- GPU tests
+
+struct DeviceBuf {
+  void* p = nullptr;
+  explicit DeviceBuf(size_t bytes) { REQUIRE_CUDA(cudaMalloc(&p, bytes)); }
+  ~DeviceBuf() { cudaFree(p); }
+};
+
+uint16_t to_bits(float v, ActType t) {
+  if (t == ActType::kF16) return __half_as_ushort(__float2half_rn(v));
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+float from_bits(uint16_t b, ActType t) {
+  if (t == ActType::kF16) return __half2float(__ushort_as_half(b));
+  return __bfloat162float(__ushort_as_bfloat16(b));
+}
+
+struct CaseStats {
+  double max_ratio = 0;  // max |err| / bound
+  double rel_fro = 0;    // ||y - ref|| / ||ref|| over the checked rows
+};
+
+// Runs y = x W^T for each M in `ms` on each path and compares with the f64 reference on `rows_budget` MACs.
+void check_weight(W4A16Context& ctx, const Quant& q, ActType act, const std::vector<int64_t>& ms,
+                  const std::vector<W4Path>& paths, const std::string& label, std::mt19937_64& rng,
+                  double ref_budget = 1 << 30, bool print = true) {
+  W4A16Packed packed;
+  CudaStatus s = repack(q, &packed);
+  EXPECT(s.is_ok(), "%s: %s", label.c_str(), s.message().c_str());
+  if (!s.is_ok()) return;
+  W4A16DeviceWeight dw;
+  const CudaStatus su = W4A16DeviceWeight::upload(packed, &dw);
+  EXPECT(su.is_ok(), "%s: %s", label.c_str(), su.message().c_str());
+  if (!su.is_ok()) return;
+  const double u = act == ActType::kF16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+  for (int64_t M : ms) {
+    const int64_t N = q.out, K = q.in;
+    std::vector<float> xf(M * K);
+    std::vector<uint16_t> xb(M * K);
+    std::uniform_real_distribution<float> ux(-1.f, 1.f);
+    for (int64_t i = 0; i < M * K; ++i) {
+      xb[i] = to_bits(ux(rng), act);
+      xf[i] = from_bits(xb[i], act);
+    }
+    // Rows checked: all, or an even spread (plus the last tile) within the reference budget.
+    std::vector<int64_t> rows;
+    const int64_t max_rows = std::max<int64_t>(32, static_cast<int64_t>(ref_budget / (double(M) * K)));
+    if (max_rows >= N) {
+      for (int64_t n = 0; n < N; ++n) rows.push_back(n);
+    } else {
+      const int64_t step = N / max_rows;
+      for (int64_t n = 0; n + step <= N; n += step) rows.push_back(n + (n / step) % step);
+      for (int64_t n = N - 16; n < N; ++n) rows.push_back(n);
+    }
+    std::vector<double> ref(M * N, 0.0), aref(M * N, 0.0);
+    w4a16_linear_ref(xf.data(), M, q.codes.data(), q.scales.data(), q.sym ? nullptr : q.zeros.data(),
+                     q.act_order ? q.g_idx.data() : nullptr, N, K, q.g, rows, ref.data(), aref.data());
+    DeviceBuf dx(M * K * 2), dy(M * N * 2);
+    REQUIRE_CUDA(cudaMemcpy(dx.p, xb.data(), M * K * 2, cudaMemcpyHostToDevice));
+    for (W4Path path : paths) {
+      REQUIRE_CUDA(cudaMemset(dy.p, 0xFF, M * N * 2));  // NaN poison in fp16 and bf16
+      const CudaStatus sl = ctx.linear(dw, dx.p, M, act, dy.p, nullptr, path);
+      EXPECT(sl.is_ok(), "%s M=%ld %s: %s", label.c_str(), (long)M, w4_path_name(path), sl.message().c_str());
+      if (!sl.is_ok()) continue;
+      const cudaError_t e = cudaDeviceSynchronize();
+      EXPECT(e == cudaSuccess, "%s M=%ld %s: %s", label.c_str(), (long)M, w4_path_name(path), cudaGetErrorString(e));
+      if (e != cudaSuccess) std::exit(1);
+      std::vector<uint16_t> yb(M * N);
+      REQUIRE_CUDA(cudaMemcpy(yb.data(), dy.p, M * N * 2, cudaMemcpyDeviceToHost));
+      int64_t unwritten = 0;
+      for (uint16_t v : yb) unwritten += !std::isfinite(from_bits(v, act));
+      EXPECT(unwritten == 0, "%s M=%ld %s: %ld outputs unwritten or non-finite", label.c_str(), (long)M,
+             w4_path_name(path), (long)unwritten);
+      CaseStats st;
+      double num = 0, den = 0;
+      int64_t bad = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n : rows) {
+          const double y = from_bits(yb[m * N + n], act), r = ref[m * N + n];
+          const double bound = u * aref[m * N + n] + K * std::ldexp(1.0, -23) * aref[m * N + n] + u * std::fabs(r) +
+                               std::ldexp(1.0, -14) * u;
+          const double err = std::fabs(y - r);
+          st.max_ratio = std::max(st.max_ratio, std::isfinite(err) ? err / bound : 1e30);
+          if (!(err <= bound)) {
+            if (bad < 3)
+              std::printf("  mismatch %s M=%ld %s: y[%ld, %ld] = %.6g, ref %.6g, bound %.3g\n", label.c_str(),
+                          (long)M, w4_path_name(path), (long)m, (long)n, y, r, bound);
+            ++bad;
+          }
+          num += (y - r) * (y - r);
+          den += r * r;
+        }
+      st.rel_fro = std::sqrt(num / std::max(den, 1e-300));
+      EXPECT(bad == 0, "%s M=%ld %s: %ld of %ld checked outputs outside the bound", label.c_str(), (long)M,
+             w4_path_name(path), (long)bad, (long)(M * rows.size()));
+      if (print)
+        std::printf("  %-34s M=%-4ld %-15s rows %6zu/%-6ld max err/bound %.3f  rel err %.2e  %s\n", label.c_str(),
+                    (long)M, w4_path_name(path), rows.size(), (long)N, st.max_ratio, st.rel_fro,
+                    bad ? "FAIL" : "ok");
+    }
+  }
+}
+
+void test_llama_shapes(W4A16Context& ctx, bool quick) {
+  std::mt19937_64 rng(3);
+  struct Shape { int64_t out, in; };
+  std::vector<Shape> shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 8192},
+                               {28672, 8192}, {8192, 28672}, {1536, 576}, {576, 1536}};
+  std::vector<int64_t> ms = {1, 4, 16, 64, 256};
+  if (quick) shapes = {{1536, 576}, {576, 1536}}, ms = {1, 16, 64};
+  std::printf("Llama shapes (fp16, AWQ-style asymmetric g128; g64 for in = 576), both paths:\n");
+  for (const Shape& sh : shapes) {
+    // g = 128, or 64 where 128 does not divide in (576: SmolLM-class models quantise with g = 64 or 32).
+    const Quant q = make_quant(sh.out, sh.in, sh.in % 128 == 0 ? 128 : 64, false, false, rng);
+    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kMma, W4Path::kCublas},
+                 std::to_string(sh.out) + "x" + std::to_string(sh.in), rng);
+  }
+}
+
+void test_variants(W4A16Context& ctx, bool quick) {
+  std::mt19937_64 rng(4);
+  const int64_t out = quick ? 64 : 1024, in = quick ? 512 : 2048;
+  std::vector<int64_t> ms = {1, 5, 8, 9, 16, 33, 64, 100};
+  if (quick) ms = {1, 9, 33};
+  std::printf("Variants on [%ld, %ld] (group, symmetric/asymmetric, act-order, fp16/bf16):\n", (long)out, (long)in);
+  for (int64_t g : {32, 64, 128, 0})
+    for (bool sym : {true, false})
+      for (bool ao : {false, true})
+        for (ActType act : {ActType::kF16, ActType::kBF16}) {
+          if (ao && g == 0) continue;  // per-channel has one group: act-order is a plain permutation there
+          const Quant q = make_quant(out, in, g, sym, ao, rng);
+          const std::string label = std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" +
+                                    (g ? std::to_string(g) : std::string("=in")) + (sym ? " sym" : " asym") +
+                                    (ao ? " act-order" : "");
+          check_weight(ctx, q, act, ms, {W4Path::kMma, W4Path::kCublas}, label, rng, 1 << 30, false);
+        }
+  std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
+  // Every mma block shape and forced split-K, on a shape where split-K tiles do not divide evenly.
+  std::printf("mma block shapes (nt, r, split) on [%d, %d]:\n", quick ? 64 : 1536, quick ? 576 : 1600);
+  const Quant q = make_quant(quick ? 64 : 1536, quick ? 576 : 1600, 64, false, true, rng);  // 25 K tiles
+  const int shapes[][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 2}, {8, 2}};
+  for (const auto& sh : shapes)
+    for (int split : {1, 3, 7}) {
+      const int nt = sh[0], r = sh[1];
+      ctx.set_mma_tuning({nt, r, split});
+      check_weight(ctx, q, ActType::kF16, quick ? std::vector<int64_t>{3, 40} : std::vector<int64_t>{3, 40, 77},
+                   {W4Path::kMma},
+                   "nt=" + std::to_string(nt) + " r=" + std::to_string(r) + " split=" + std::to_string(split), rng,
+                   1 << 30, false);
+    }
+  ctx.set_mma_tuning({});
+  std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
+}
+
+void test_api_errors(W4A16Context& ctx) {
+  std::mt19937_64 rng(5);
+  const Quant q = make_quant(64, 128, 64, true, false, rng);
+  W4A16Packed p;
+  (void)repack(q, &p);
+  W4A16DeviceWeight dw;
+  const CudaStatus s = W4A16DeviceWeight::upload(p, &dw);
+  EXPECT(s.is_ok(), "%s", s.message().c_str());
+  DeviceBuf dx(4096), dy(4096);
+  const CudaStatus s1 = ctx.linear(dw, static_cast<char*>(dx.p) + 2, 1, ActType::kF16, dy.p, nullptr);
+  EXPECT(!s1.is_ok() && s1.message().find("[1, 128]") != std::string::npos, "misaligned x is named: %s",
+         s1.message().c_str());
+  const CudaStatus s2 = ctx.linear(dw, dx.p, 0, ActType::kF16, dy.p, nullptr);
+  EXPECT(!s2.is_ok() && s2.message().find("[64, 128]") != std::string::npos, "M = 0 is rejected: %s",
+         s2.message().c_str());
+  W4A16DeviceWeight empty;
+  const CudaStatus s3 = ctx.linear(empty, dx.p, 1, ActType::kF16, dy.p, nullptr);
+  EXPECT(!s3.is_ok(), "an empty weight is rejected");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool host = false, gpu = false, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--host")) host = true;
+    else if (!std::strcmp(argv[i], "--gpu")) gpu = true;
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else {
+      std::printf("unknown flag %s (use --host, --gpu, --quick)\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!host && !gpu) host = gpu = true;
+  if (host) {
+    test_round_trip();
+    test_bit_order();
+    test_errors();
+    std::printf("host tests: %d checks, %d failures\n", g_checks, g_failures);
+  }
+  if (gpu) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      std::printf("GPU TESTS NOT RUN: no usable CUDA device (cudaGetDeviceCount: %s, %d devices)\n",
+                  cudaGetErrorString(e), n);
+      return g_failures ? 1 : 77;
+    }
+    cudaDeviceProp prop{};
+    REQUIRE_CUDA(cudaGetDeviceProperties(&prop, 0));
+    std::printf("GPU: %s, %d SMs, L2 %d MB, cc %d.%d\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
+                prop.major, prop.minor);
+    W4A16Context ctx;
+    test_api_errors(ctx);
+    test_variants(ctx, quick);
+    test_llama_shapes(ctx, quick);
+    std::printf("GPU tests: %d checks, %d failures\n", g_checks, g_failures);
+  }
+  std::printf("%s\n", g_failures ? "FAILED" : "PASSED");
+  return g_failures ? 1 : 0;
+}
