@@ -27,8 +27,15 @@ namespace qforge::kernels {
 using w4detail::W4IsaKernels;
 using w4detail::W4View;
 
-// Smallest M that takes the panel path (dequantize up to 256 rows of W, then sgemm). See CROSSOVER below.
-inline constexpr int64_t kW4PanelMinM = 24;
+// Smallest M that takes the panel path (dequantize up to 256 rows of W, then OpenBLAS sgemm). Measured with
+// `w4a16_bench --crossover`, 2 threads, group 128 (median us, direct / panel):
+//   4096x4096:  M=48 19292 / 21278, M=64 24758 / 25340, M=96 38406 / 32458, M=128 45790 / 43222
+//   4096x11008: M=48 27883 / 45421, M=64 52283 / 45319, M=96 71413 / 56552, M=128 109748 / 83442
+// (the 2-core dev box, under other jobs, agreed: M=64 direct 19.6 ms / panel 25.4 ms, M=128 panel ahead).
+// The direct kernel runs at ~40 flop/cycle/core whatever M is, but re-decodes the codes for every 4
+// activation rows and, at in = 11008, re-reads them for every 20-row L2 tile; sgemm (~55-60 flop/cycle)
+// pulls ahead once M amortises the panel's dequantization and the pool <-> OpenBLAS hand-over per panel.
+inline constexpr int64_t kW4PanelMinM = 64;
 // f32 panel: at most 256 rows and 16 MiB (11 MiB at in = 11008), so the path never holds the matrix in f32.
 // Fewer, larger sgemm calls: every panel costs a hand-over between this pool and OpenBLAS's threads.
 inline constexpr int64_t kW4PanelBytes = int64_t(16) << 20;

@@ -71,7 +71,7 @@ void w4_set_isa(CpuIsa isa);         // tests/benchmarks force a path; must be <
 // depend on it: each output element is computed by one thread in a fixed order.
 void w4_set_num_threads(int n);
 int w4_num_threads();
-// Smallest M that takes the dequantize-panel + sgemm path (m <= 0 restores the measured default, 24).
+// Smallest M that takes the dequantize-panel + sgemm path (m <= 0 restores the measured default, 64).
 void w4_set_panel_min_m(int64_t m);
 int64_t w4_panel_min_m();
 
