@@ -79,8 +79,8 @@ void permute_rope_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
 namespace {
 
 // A Q4_0 / Q4_1 matrix [rows, cols] as codes and per-32 (scale, zero): Q4_0 value = (q - 8) * d; Q4_1 value
-// = q * d + m = (q - (-m / d)) * d. The Q4_1 zero -m/d is rounded to fp16 by the runtime layout (the only
-// inexact step; blocks with d == 0 and m != 0 cannot be expressed and leave the tensor dense).
+// = q * d + m = (q - (-m / d)) * d, the zero -m/d kept in f32 by the runtime layout (so a weight moves by f32
+// rounding only); blocks with d == 0 and m != 0 cannot be expressed and leave the tensor dense.
 Expected<std::optional<kernels::W4Weight>> q4_to_w4(const gguf::GgufFile& f, const gguf::TensorInfo& ti, int64_t rows,
                                                    int64_t cols, int64_t rope_heads, const std::string& name) {
   if (ti.type != gguf::GgmlType::kQ4_0 && ti.type != gguf::GgmlType::kQ4_1) return std::optional<kernels::W4Weight>();

@@ -97,10 +97,10 @@ TEST(W4Pack, RoundTripAndBitOrder) {
   EXPECT_EQ(w.codes[0], 0xA3);
   EXPECT_EQ(w.codes[32 + 1], 0xC5);
   EXPECT_EQ(w4_unpack_codes(w), p.codes);
-  EXPECT_EQ(w.bytes(), int64_t(3 * 64 + 2 * 3 * 2 + 2 * 3 * 2));
+  EXPECT_EQ(w.bytes(), int64_t(3 * 64 + 2 * 3 * 2 + 4 * 3 * 2));  // codes + fp16 scales + f32 zeros
 }
 
-// w4_dequantize is (float(code) - fp16(zero)) * fp16(scale), placed at input column perm[k]: the same f32
+// w4_dequantize is (float(code) - zero) * fp16(scale), placed at input column perm[k]: the same f32
 // operations here, so the comparison is exact.
 TEST(W4Pack, DequantizeMatchesDirectComputation) {
   for (bool with_perm : {false, true}) {
@@ -111,7 +111,7 @@ TEST(W4Pack, DequantizeMatchesDirectComputation) {
     for (int64_t o = 0; o < p.out; ++o)
       for (int64_t k = 0; k < p.in; ++k) {
         const float s = fp16_to_f32(f32_to_fp16(p.scales[size_t(o * G + k / p.gs)]));
-        const float z = fp16_to_f32(f32_to_fp16(p.zeros[size_t(o * G + k / p.gs)]));
+        const float z = p.zeros[size_t(o * G + k / p.gs)];
         const int64_t col = with_perm ? p.perm[size_t(k)] : k;
         ASSERT_EQ(d[size_t(o * p.in + col)], (float(p.codes[size_t(o * p.in + k)]) - z) * s)
             << "o=" << o << " k=" << k << " perm=" << with_perm;

@@ -46,7 +46,7 @@ inline constexpr int64_t kW4DirectTileBytes = int64_t(1) << 20;
 inline constexpr int64_t kW4MinMacsPerTask = int64_t(1) << 18;
 
 int64_t W4Weight::bytes() const {
-  return int64_t(codes.size()) + 2 * int64_t(scales.size()) + 2 * int64_t(zeros.size()) +
+  return int64_t(codes.size()) + 2 * int64_t(scales.size()) + 4 * int64_t(zeros.size()) +
          4 * int64_t(perm.size());
 }
 
@@ -96,7 +96,9 @@ Expected<W4Weight> w4_pack(const uint8_t* codes, const float* scales, const floa
   for (int64_t o = 0; o < out; ++o)
     for (int64_t g = 0; g < G; ++g) {
       QF_RETURN_IF_ERROR(to_fp16(scales[o * G + g], name, "scale", o, g, &w.scales[size_t(o * G + g)]));
-      QF_RETURN_IF_ERROR(to_fp16(zeros[o * G + g], name, "zero", o, g, &w.zeros[size_t(o * G + g)]));
+      const float z = zeros[o * G + g];
+      if (!std::isfinite(z)) return error("tensor '{}': zero[{}, {}] = {} is not finite", name, o, g, z);
+      w.zeros[size_t(o * G + g)] = z;
     }
   w.codes.resize(size_t(out * in / 2));
   for (int64_t o = 0; o < out; ++o) {
@@ -134,7 +136,7 @@ std::vector<float> w4_dequantize(const W4Weight& w) {
   for (int64_t o = 0; o < w.out; ++o)
     for (int64_t k = 0; k < w.in; ++k) {
       const int64_t g = k / w.group_size;
-      const float s = fp16_to_f32(w.scales[size_t(o * G + g)]), z = fp16_to_f32(w.zeros[size_t(o * G + g)]);
+      const float s = fp16_to_f32(w.scales[size_t(o * G + g)]), z = w.zeros[size_t(o * G + g)];
       const int64_t col = w.perm.empty() ? k : w.perm[size_t(k)];
       out[size_t(o * w.in + col)] = (float(codes[size_t(o * w.in + k)]) - z) * s;
     }
@@ -149,7 +151,7 @@ void w4_linear_ref(const float* x, int64_t M, int64_t ldx, const W4Weight& w, co
   for (int64_t o = 0; o < w.out; ++o) {
     for (int64_t k = 0; k < w.in; ++k) {
       const int64_t g = k / w.group_size;
-      const double s = fp16_to_f32(w.scales[size_t(o * G + g)]), z = fp16_to_f32(w.zeros[size_t(o * G + g)]);
+      const double s = fp16_to_f32(w.scales[size_t(o * G + g)]), z = w.zeros[size_t(o * G + g)];
       row[size_t(w.perm.empty() ? k : w.perm[size_t(k)])] = (double(codes[size_t(o * w.in + k)]) - z) * s;
     }
     // 8 activation rows at a time: independent f64 chains (the order within each dot stays k = 0, 1, ...).
@@ -183,8 +185,8 @@ void scalar_dequant_row(const W4View& w, int64_t o, float* d) {
     for (int64_t j = 0; j < 32; ++j) {
       const int64_t k0 = c * 64 + j, k1 = k0 + 32;
       const int64_t g0 = k0 / w.group_size, g1 = k1 / w.group_size;
-      d[k0] = (float(codes[c * 32 + j] & 15) - fp16_to_f32(w.zeros[o * G + g0])) * fp16_to_f32(w.scales[o * G + g0]);
-      d[k1] = (float(codes[c * 32 + j] >> 4) - fp16_to_f32(w.zeros[o * G + g1])) * fp16_to_f32(w.scales[o * G + g1]);
+      d[k0] = (float(codes[c * 32 + j] & 15) - w.zeros[o * G + g0]) * fp16_to_f32(w.scales[o * G + g0]);
+      d[k1] = (float(codes[c * 32 + j] >> 4) - w.zeros[o * G + g1]) * fp16_to_f32(w.scales[o * G + g1]);
     }
 }
 

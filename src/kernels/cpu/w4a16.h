@@ -8,7 +8,7 @@
 //     low nibble  (bits 0..3) = code of kernel column c*64 + j
 //     high nibble (bits 4..7) = code of kernel column c*64 + 32 + j
 //   so masking a 32-byte chunk with 0x0F gives 32 consecutive codes and shifting right by 4 the next 32.
-// Value of a weight: (code - zero[o, g]) * scale[o, g] with g = kernel column / group_size.
+// Value of a weight: (code - zero[o, g]) * scale[o, g] with g = kernel column / group_size (scale fp16, zero f32).
 // Kernel columns are the input columns permuted by `perm` when act-order left groups non-contiguous:
 // kernel column k multiplies activation x[perm[k]] (perm empty: identity).
 #pragma once
@@ -29,7 +29,8 @@ struct W4Weight {
   int64_t group_size = 0;       // multiple of 32 dividing in (== in for per-channel)
   std::vector<uint8_t> codes;   // [out, in/2] nibbles, layout above
   std::vector<uint16_t> scales; // [out, in/group_size] fp16 bits
-  std::vector<uint16_t> zeros;  // [out, in/group_size] fp16 bits (integers for AWQ/GPTQ; -m/d for GGUF Q4_1)
+  std::vector<float> zeros;     // [out, in/group_size] f32: integers for AWQ/GPTQ, -m/d for GGUF Q4_1 (f32 keeps
+                                //   q*d + m to f32 rounding, where fp16 would move it by up to 2^-8 d)
   std::vector<int32_t> perm;    // [in] or empty: kernel column k reads x[perm[k]]
 
   int64_t n_groups() const { return in / group_size; }

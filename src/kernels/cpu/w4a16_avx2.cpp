@@ -35,15 +35,15 @@ void convert_sz(const W4View& w, int64_t o, int R, float* sf, float* zf) {
   const int64_t G = w.in / w.group_size;
   for (int r = 0; r < R; ++r) {
     const uint16_t* s = w.scales + (o + r) * G;
-    const uint16_t* z = w.zeros + (o + r) * G;
+    const float* z = w.zeros + (o + r) * G;
     int64_t g = 0;
     for (; g + 8 <= G; g += 8) {
       _mm256_storeu_ps(sf + r * G + g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + g))));
-      _mm256_storeu_ps(zf + r * G + g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z + g))));
+      _mm256_storeu_ps(zf + r * G + g, _mm256_loadu_ps(z + g));
     }
     for (; g < G; ++g) {
       sf[r * G + g] = _cvtsh_ss(s[g]);
-      zf[r * G + g] = _cvtsh_ss(z[g]);
+      zf[r * G + g] = z[g];
     }
   }
 }

@@ -56,12 +56,12 @@ void convert_sz(const W4View& w, int64_t o, int R, float* sf, float* zf) {
   const int64_t G = w.in / w.group_size;
   for (int r = 0; r < R; ++r) {
     const uint16_t* s = w.scales + (o + r) * G;
-    const uint16_t* z = w.zeros + (o + r) * G;
+    const float* z = w.zeros + (o + r) * G;
     for (int64_t g = 0; g < G; g += 16) {
       const int64_t n = G - g < 16 ? G - g : 16;
       const __mmask16 k = __mmask16((1u << n) - 1);
       _mm512_mask_storeu_ps(sf + r * G + g, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, s + g)));
-      _mm512_mask_storeu_ps(zf + r * G + g, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, z + g)));
+      _mm512_mask_storeu_ps(zf + r * G + g, k, _mm512_maskz_loadu_ps(k, z + g));
     }
   }
 }
@@ -154,10 +154,10 @@ void gemm_rows(const float* xi, int64_t M, const W4View& w, int64_t o0, int64_t 
     const int R = int(o1 - o < kRowBlock ? o1 - o : kRowBlock);
     const int64_t o_pf = o + ahead_blocks * kRowBlock;
     if (o_pf < w.out) {  // the scales/zeros that block will read (prefetch never faults, but stay in bounds)
-      for (int64_t b = 0; b < kRowBlock * G * 2; b += 64) {
+      for (int64_t b = 0; b < kRowBlock * G * 2; b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(w.scales + o_pf * G) + b, _MM_HINT_T0);
+      for (int64_t b = 0; b < kRowBlock * G * 4; b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(w.zeros + o_pf * G) + b, _MM_HINT_T0);
-      }
     }
     convert_sz(w, o, R, sf, zf);
     const uint8_t* codes = w.codes + o * (in / 2);

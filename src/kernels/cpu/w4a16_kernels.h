@@ -24,7 +24,7 @@ struct W4View {
   int64_t out, in, group_size;
   const uint8_t* codes;    // [out, in/2]
   const uint16_t* scales;  // [out, in/group_size] fp16 bits
-  const uint16_t* zeros;   // [out, in/group_size] fp16 bits
+  const float* zeros;      // [out, in/group_size] f32
 };
 
 struct W4IsaKernels {
