@@ -8,9 +8,11 @@
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
+#include <filesystem>
 #include <map>
 #include <optional>
 
+#include "checkpoint/quantize_state.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "model/gguf_export.h"
@@ -31,7 +33,7 @@ struct QuantizeArgs {
   bool no_awq_clip = false;
   int bits = 4;
   int64_t group_size = 128;
-  bool sym = false, act_order = false, static_groups = false;
+  bool sym = false, act_order = false, static_groups = false, resume = false;
   double damp = 0.01;
   int64_t calib_samples = 128, calib_seqlen = 512;
   uint64_t seed = 0;
@@ -93,8 +95,30 @@ Status run_quantize(const QuantizeArgs& a) {
   if (a.format == "awq" && a.act_order && !a.static_groups)
     return error("--format awq: act-order without --static-groups needs g_idx, which the AWQ format lacks; use gptq");
   quant::QuantizedLinears qlin;
+  // Per-layer state beside the output, so that an interrupted run resumes (--resume) where it stopped.
+  std::error_code ec;
+  nlohmann::json fp = {{"model", std::filesystem::absolute(a.model).string()},
+                       {"model_bytes", std::filesystem::is_regular_file(a.model, ec) ? std::filesystem::file_size(a.model, ec) : 0},
+                       {"method", a.method}, {"bits", a.bits}, {"group_size", a.group_size}, {"sym", a.sym},
+                       {"act_order", a.act_order}, {"static_groups", a.static_groups}, {"damp", a.damp},
+                       {"grid", grid}, {"calib", a.calib}, {"calib_samples", a.calib_samples},
+                       {"calib_seqlen", a.calib_seqlen}, {"seed", a.seed}, {"awq_search_samples", a.awq_search_samples},
+                       {"no_awq_clip", a.no_awq_clip}, {"format", a.format}};
+  QF_ASSIGN_OR_RETURN(checkpoint::QuantizeState state,
+                      checkpoint::QuantizeState::open(a.out + ".partial", fp.dump(2) + "\n", a.resume));
+  std::optional<quant::PipelineResume> resume;
+  if (a.resume) {
+    QF_ASSIGN_OR_RETURN(quant::PipelineResume r, state.restore(*m.model, packed ? &qlin : nullptr));
+    fmt::print(stderr, "resume: {} of {} layers done in {}\n", r.next_layer, m.model->config().num_hidden_layers,
+               state.dir());
+    resume.emplace(std::move(r));
+  }
+  auto on_layer_done = [&](int l, const quant::PipelineReport& so_far, const Tensor& next) {
+    return state.save_layer(*m.model, packed ? &qlin : nullptr, l, so_far, next);
+  };
   QF_ASSIGN_OR_RETURN(quant::PipelineReport rep,
-                      quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr));
+                      quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr,
+                                            resume ? &*resume : nullptr, on_layer_done));
 
   nlohmann::json j;
   j["model"] = a.model;
@@ -158,6 +182,7 @@ Status run_quantize(const QuantizeArgs& a) {
     QF_RETURN_IF_ERROR(save_hf_directory(a.out, m.model->config(), m.model->weights(), m.tokenizer, eo));
   }
   if (!a.report.empty()) QF_RETURN_IF_ERROR(write_file_atomic(a.report, report.data(), report.size()));
+  state.remove();  // the output is complete
 
   // Summary: the largest output errors.
   auto sorted = rep.linears;
@@ -220,6 +245,7 @@ Command make_quantize_command() {
         ->check(CLI::IsMember({"f16", "bf16"}));
     sub->add_option("--out", args->out, "output directory (the .gguf file for --format gguf)")->required();
     sub->add_option("--report", args->report, "also write the per-linear report JSON here");
+    sub->add_flag("--resume", args->resume, "continue an interrupted run from its state in OUT.partial/");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     return sub;
   };

@@ -280,6 +280,7 @@ Status awq_layer(Ctx& c, int l) {
   std::vector<Found> found;
   for (const AwqGroup& g : kAwqGroups) {
     AwqGroupReport gr;
+    gr.layer = l;
     gr.name = layer_prefix(l) + g.name;
     const Tensor& Xin = X[int(g.slot)];
     const int64_t C = Xin.shape()[1];
@@ -373,7 +374,8 @@ Status awq_layer(Ctx& c, int l) {
 }  // namespace
 
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
-                                        const PipelineOptions& opt, QuantizedLinears* quantized) {
+                                        const PipelineOptions& opt, QuantizedLinears* quantized,
+                                        PipelineResume* resume, const LayerDoneFn& on_layer_done) {
   const auto t0 = Clock::now();
   const ModelConfig& cfg = model.config();
   ModelWeights& w = model.mutable_weights();
@@ -396,10 +398,21 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     if (int64_t(win.size()) != L) return error("calibration windows must all have {} tokens", L);
   rep.calibration_tokens = needs_calib ? N * L : 0;
 
-  // Inputs of layer 0: embeddings of every window, [N*L, H].
+  // Inputs of layer 0: embeddings of every window, [N*L, H] (or, resuming, the inputs of the next layer).
   const int64_t H = cfg.hidden_size;
   Tensor x;
-  if (needs_calib) {
+  int first = 0;
+  if (resume) {
+    first = resume->next_layer;
+    if (first < 0 || first > cfg.num_hidden_layers)
+      return error("resume: next layer {} outside [0, {}]", first, cfg.num_hidden_layers);
+    if (needs_calib && first > 0 && !(resume->x.shape() == Shape{N * L, H}))
+      return error("resume: saved activations have shape {}, this run needs [{}, {}]", resume->x.shape().str(), N * L, H);
+    rep = std::move(resume->report);
+  }
+  if (needs_calib && first > 0) {
+    x = std::move(resume->x);
+  } else if (needs_calib) {
     x = Tensor(DType::kF32, {N * L, H});
     const float* E = w.embed.f32();
     for (int64_t s = 0; s < N; ++s)
@@ -409,16 +422,21 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
         std::copy(E + int64_t(id) * H, E + (int64_t(id) + 1) * H, x.f32() + (s * L + t) * H);
       }
   }
+  rep.calibration_tokens = needs_calib ? N * L : 0;
   if (quantized) {
     if (opt.keep_fp_fraction > 0)
       return error("the keep-fp ablation leaves weights off the quantization grid; they cannot be kept as codes");
-    quantized->layers.clear();
-    quantized->layers.resize(size_t(cfg.num_hidden_layers));
+    // Resuming keeps the layers the caller restored.
+    if (!resume || quantized->layers.size() != size_t(cfg.num_hidden_layers)) {
+      quantized->layers.clear();
+      quantized->layers.resize(size_t(cfg.num_hidden_layers));
+    }
     for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
   }
   Ctx c{model, opt, rep, x, N, L, quantized};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
-  for (int l = 0; l < int(cfg.num_hidden_layers); ++l) {
+  bar.update(first);
+  for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));
@@ -437,6 +455,7 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     }
     // The layer's outputs with all its linears quantized feed the next layer.
     if (needs_calib) advance(c, l);
+    if (on_layer_done) QF_RETURN_IF_ERROR(on_layer_done(l, rep, x));
     bar.update(l + 1);
   }
   bar.finish();

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,7 @@ struct PipelineOptions {
 
 // What AWQ did to one group of linears sharing an input.
 struct AwqGroupReport {
+  int layer = 0;
   std::string name;       // "model.layers.3.mlp.gate_proj+up_proj"
   std::string fold_into;  // "model.layers.3.post_attention_layernorm" or a linear; "" when skipped
   std::string skipped;    // why the group was not scaled ("" when it was)
@@ -80,9 +82,23 @@ struct PipelineReport {
 
 // Validates every linear against the config first (a group size that does not divide a layer is an
 // error naming the layer), then quantizes. `calibration` may be empty for RTN.
+// Resuming an interrupted run: the caller has put layers [0, next_layer) back as they were after quantization
+// (weights, folded norms; their quantized linears and report entries) and `x` holds the inputs of layer
+// next_layer ([windows * seqlen, hidden]; empty for RTN without calibration). The pipeline is deterministic, so
+// the result equals an uninterrupted run.
+struct PipelineResume {
+  int next_layer = 0;
+  Tensor x;
+  PipelineReport report;  // entries of the layers already done
+};
+// Called after each layer l with the report so far and the inputs of layer l + 1 (empty without calibration),
+// so a caller can persist the run; an error stops the pipeline.
+using LayerDoneFn = std::function<Status(int layer, const PipelineReport& so_far, const Tensor& next_inputs)>;
+
 // With `quantized` non-null, the quantized linears are kept there (the ablation keep_fp_fraction cannot be
 // kept: its weights are not on the grid).
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
-                                        const PipelineOptions& opt, QuantizedLinears* quantized = nullptr);
+                                        const PipelineOptions& opt, QuantizedLinears* quantized = nullptr,
+                                        PipelineResume* resume = nullptr, const LayerDoneFn& on_layer_done = nullptr);
 
 }  // namespace qforge::quant

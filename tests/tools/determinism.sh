@@ -9,7 +9,7 @@ MODEL="${XDG_CACHE_HOME:-$HOME/.cache}/qforge/SmolLM2-135M-Instruct.Q4_1.gguf"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 args=(--model "$MODEL" --method awq-gptq --bits 4 --group-size 64 --act-order --static-groups
-      --calib "$DATA/brown-corpus.txt" --calib-samples 4 --calib-seqlen 128 --awq-search-samples 2 --seed 3)
+      --calib "$DATA/brown-corpus.txt" --calib-samples 2 --calib-seqlen 64 --awq-search-samples 1 --seed 3)
 for t in 1 2; do
   OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t "$QFORGE" quantize "${args[@]}" --threads $t --format gptq --out "$tmp/gptq-$t" >/dev/null
   OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t "$QFORGE" quantize "${args[@]}" --threads $t --format gguf --out "$tmp/m-$t.gguf" >/dev/null
