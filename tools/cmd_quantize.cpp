@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "checkpoint/quantize_state.h"
+#include "checkpoint/resources.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "model/gguf_export.h"
@@ -67,6 +68,15 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.awq_search_samples = a.awq_search_samples;
   opt.awq_clip = !a.no_awq_clip;
 
+  // Refuse up front a run the machine cannot finish (estimated from the config, before loading anything).
+  {
+    QF_ASSIGN_OR_RETURN(ModelConfig pc, checkpoint::peek_model_config(a.model));
+    const bool calibrated = opt.method != quant::Method::kRtn;
+    const checkpoint::ResourceEstimate est = checkpoint::estimate_quantize_resources(
+        pc, calibrated ? a.calib_samples : 0, calibrated ? a.calib_seqlen : 0, a.format != "hf");
+    QF_RETURN_IF_ERROR(checkpoint::check_resources(est, a.out));
+    fmt::print(stderr, "resources: {}\n", est.breakdown);
+  }
   QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
   std::vector<std::vector<int32_t>> calib;
   if (opt.method != quant::Method::kRtn) {
