@@ -1,11 +1,14 @@
 // Benchmark of the CUDA W4A16 linear (src/kernels/cuda/w4a16.h) against cuBLAS fp16 GEMM, same run, same card.
 //
-//   cuda_w4a16_bench [--quick] [--sweep] [--csv FILE]
+//   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--launch-test] [--profile] [--ms 1,2,4]
+//                    [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--csv FILE]
+//   --sweep-mma: mma warps per block x split-K x PDL; --launch-test: graph vs stream vs isolated launches, PDL
+//   off/on, and cuBLAS fp16 the same ways; --profile: only 3 plain mma launches per case (for Nsight Compute).
 //
 // Per Llama shape and batch M: validate (mma path vs dequant+cuBLAS path on the same W4 weight), then time
 // the auto path, the mma path, the dequant+cuBLAS path and cuBLAS fp16 on an fp16 weight of the same shape.
 // Timing: each measurement is a CUDA graph of 20 calls that rotate over enough weight copies to exceed 3x
-// the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 15 timed replays
+// the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 31 timed replays
 // (CUDA events) divided by 20. Effective GB/s counts the weight (codes + scales + zeros), x and y once.
 // Also measured: device copy bandwidth (cudaMemcpyAsync D2D of 1 GiB, bytes read + written).
 #include <cublas_v2.h>
@@ -15,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -54,7 +58,7 @@ namespace {
 
 constexpr int kCallsPerGraph = 20;
 constexpr int kWarmup = 3;
-constexpr int kTimed = 15;
+constexpr int kTimed = 31;
 
 __global__ void fill_random_half(__half* p, size_t n, uint32_t seed, float amp) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
@@ -66,30 +70,44 @@ __global__ void fill_random_half(__half* p, size_t n, uint32_t seed, float amp) 
 
 cudaStream_t g_stream;
 
+// How the calls of one measurement are issued.
+enum class Launch {
+  kGraph,     // a CUDA graph of 20 back-to-back calls, replayed (the default: no host launch gaps)
+  kStream,    // 20 back-to-back calls launched on the stream (host launch rate can show as gaps)
+  kIsolated,  // one call between two events, then a sync: kernel time plus the launch's own ramp, no overlap
+};
+
 // Median time of one call of fn(i) in microseconds; i counts calls so fn can rotate buffers.
-double time_us(const std::function<void(int)>& fn) {
+double time_us(const std::function<void(int)>& fn, Launch mode = Launch::kGraph) {
   for (int i = 0; i < 2; ++i) fn(i);  // first calls outside capture (workspaces, module load)
   CK(cudaStreamSynchronize(g_stream));
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  bool use_graph = cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  const int calls = mode == Launch::kIsolated ? 1 : kCallsPerGraph;
+  bool use_graph = mode == Launch::kGraph && cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
   if (use_graph) {
     for (int i = 0; i < kCallsPerGraph; ++i) fn(i);
     use_graph = cudaStreamEndCapture(g_stream, &graph) == cudaSuccess &&
                 cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-    if (!use_graph) (void)cudaGetLastError();
+    if (!use_graph) {
+      (void)cudaGetLastError();
+      std::printf("(graph capture failed: timing plain launches)\n");
+    }
   }
+  int call = 0;
   auto run = [&] {
     if (use_graph) CK(cudaGraphLaunch(exec, g_stream));
     else
-      for (int i = 0; i < kCallsPerGraph; ++i) fn(i);
+      for (int i = 0; i < calls; ++i) fn(call++);
   };
   for (int i = 0; i < kWarmup; ++i) run();
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
   std::vector<float> ms;
-  for (int i = 0; i < kTimed; ++i) {
+  const int timed = mode == Launch::kIsolated ? 5 * kTimed : kTimed;
+  for (int i = 0; i < timed; ++i) {
+    CK(cudaStreamSynchronize(g_stream));
     CK(cudaEventRecord(a, g_stream));
     run();
     CK(cudaEventRecord(b, g_stream));
@@ -103,7 +121,7 @@ double time_us(const std::function<void(int)>& fn) {
   if (exec) CK(cudaGraphExecDestroy(exec));
   if (graph) CK(cudaGraphDestroy(graph));
   std::sort(ms.begin(), ms.end());
-  return 1000.0 * ms[ms.size() / 2] / kCallsPerGraph;
+  return 1000.0 * ms[ms.size() / 2] / calls;
 }
 
 double copy_bandwidth_gbs() {
@@ -139,14 +157,30 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false;
+  bool quick = false, sweep = false, sweep_mma = false, launch_test = false, profile = false;
   const char* csv_path = nullptr;
+  const char* ms_arg = nullptr;
+  const char* shapes_arg = nullptr;
+  W4A16Context::MmaTuning tuning;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
     else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
-    else {
-      std::fprintf(stderr, "unknown flag %s (use --quick, --sweep, --csv FILE)\n", argv[i]);
+    else if (!std::strcmp(argv[i], "--ms") && i + 1 < argc) ms_arg = argv[++i];
+    else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shapes_arg = argv[++i];
+    else if (!std::strcmp(argv[i], "--sweep-mma")) sweep_mma = true;
+    else if (!std::strcmp(argv[i], "--launch-test")) launch_test = true;
+    else if (!std::strcmp(argv[i], "--profile")) profile = true;
+    else if (!std::strcmp(argv[i], "--mma-tuning") && i + 1 < argc) {
+      if (std::sscanf(argv[++i], "%d,%d,%d,%d,%d", &tuning.nt, &tuning.r, &tuning.split, &tuning.warps, &tuning.pdl) != 5) {
+        std::fprintf(stderr, "--mma-tuning wants nt,r,split,warps,pdl (0 = built in; pdl -1 = built in)\n");
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "unknown flag %s (use --quick, --sweep, --sweep-mma, --launch-test, --profile, --ms LIST, "
+                   "--shapes OUTxIN,..., --mma-tuning nt,r,split,warps,pdl, --csv FILE)\n",
+                   argv[i]);
       return 2;
     }
   }
@@ -172,18 +206,48 @@ int main(int argc, char** argv) {
                                {1536, 576, "small up"},    {576, 1536, "small down"}};
   std::vector<int64_t> ms = {1, 2, 4, 8, 16, 32, 64, 128, 256};
   if (quick) shapes = {{4096, 4096, "7B qkvo"}, {28672, 8192, "70B gate/up"}}, ms = {1, 16, 256};
+  if (ms_arg) {
+    ms.clear();
+    for (const char* p = ms_arg; *p;) {
+      char* end = nullptr;
+      const long v = std::strtol(p, &end, 10);
+      if (end == p || v < 1) {
+        std::fprintf(stderr, "--ms wants a comma-separated list of batch sizes, got %s\n", ms_arg);
+        return 2;
+      }
+      ms.push_back(v);
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  if (shapes_arg) {  // keep only the listed OUTxIN shapes
+    std::vector<Shape> keep;
+    for (const char* p = shapes_arg; *p;) {
+      long o = 0, in = 0;
+      int used = 0;
+      if (std::sscanf(p, "%ldx%ld%n", &o, &in, &used) != 2) {
+        std::fprintf(stderr, "--shapes wants OUTxIN,OUTxIN..., got %s\n", shapes_arg);
+        return 2;
+      }
+      for (const Shape& sh : shapes)
+        if (sh.out == o && sh.in == in) keep.push_back(sh);
+      p += used;
+      if (*p == ',') ++p;
+    }
+    shapes = keep;
+  }
   const int64_t max_m = *std::max_element(ms.begin(), ms.end());
 
   cublasHandle_t cublas;
   CKB(cublasCreate(&cublas));
   CKB(cublasSetStream(cublas, g_stream));
   W4A16Context ctx;
+  ctx.set_mma_tuning(tuning);
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
-  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup\n");
+  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,dequant_cublas_us\n");
 
   std::mt19937_64 rng(7);
-  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s | %7s\n", "shape", "out", "in", "M", "auto path",
-              "auto us", "GB/s", "%copy", "mma us", "deq+cub us", "fp16 us", "speedup");
+  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s | %7s\n", "shape", "out", "in", "M", "auto path",
+              "auto us", "GB/s", "%copy", "gemv us", "mma us", "deq+cub us", "fp16 us", "speedup");
   for (const Shape& sh : shapes) {
     const int64_t N = sh.out, K = sh.in, g = K % 128 == 0 ? 128 : 64, G = K / g;  // g64 for in = 576
     // Random AWQ-style weight: asymmetric, g = 128.
@@ -213,32 +277,46 @@ int main(int argc, char** argv) {
     CK(cudaGetLastError());
 
     for (int64_t M : ms) {
-      // validate: mma path against dequant + cuBLAS on the same weight (both within fp16 rounding of the truth)
-      CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, W4Path::kMma));
-      CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
-      std::vector<__half> h1(M * N), h2(M * N);
-      CK(cudaMemcpyAsync(h1.data(), y, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
-      CK(cudaMemcpyAsync(h2.data(), y2, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
-      CK(cudaStreamSynchronize(g_stream));
-      double num = 0, den = 0;
-      for (int64_t i = 0; i < M * N; ++i) {
-        const double a = __half2float(h1[i]), b = __half2float(h2[i]);
-        num += (a - b) * (a - b);
-        den += b * b;
+      if (profile) {  // for Nsight Compute: a few plain launches of the mma path, nothing else
+        for (int i = 0; i < 3; ++i) CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kMma));
+        CK(cudaStreamSynchronize(g_stream));
+        std::printf("profiled %s M=%ld: %s\n", sh.name, (long)M, ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma).c_str());
+        continue;
       }
-      const double rel = std::sqrt(num / std::max(den, 1e-30));
-      if (!(rel < 2e-3)) {  // two fp16 roundings of the weight and the output: ~1e-3 at most
-        std::printf("VALIDATION FAILED %s M=%ld: mma vs cublas path rel err %.3e\n", sh.name, (long)M, rel);
-        return 1;
+      // validate: mma (and gemv) path against dequant + cuBLAS on the same weight (all within fp16 rounding
+      // of the truth)
+      const bool has_gemv = M <= kW4GemvMaxM;
+      CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
+      for (W4Path p : {W4Path::kMma, W4Path::kGemv}) {
+        if (p == W4Path::kGemv && !has_gemv) continue;
+        CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, p));
+        std::vector<__half> h1(M * N), h2(M * N);
+        CK(cudaMemcpyAsync(h1.data(), y, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
+        CK(cudaMemcpyAsync(h2.data(), y2, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
+        CK(cudaStreamSynchronize(g_stream));
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < M * N; ++i) {
+          const double a = __half2float(h1[i]), b = __half2float(h2[i]);
+          num += (a - b) * (a - b);
+          den += b * b;
+        }
+        const double rel = std::sqrt(num / std::max(den, 1e-30));
+        if (!(rel < 2e-3)) {  // two fp16 roundings of the weight and the output: ~1e-3 at most
+          std::printf("VALIDATION FAILED %s M=%ld: %s vs cublas path rel err %.3e\n", sh.name, (long)M,
+                      w4_path_name(p), rel);
+          return 1;
+        }
       }
 
       auto run_path = [&](W4Path p) {
         return time_us([&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, p)); });
       };
       const W4Path auto_p = ctx.auto_path(w4[0], M);
+      // gemv only where it applies; dequant+cuBLAS only where it can matter (M >= 64): the rest is "-"
+      const double t_gemv = has_gemv ? run_path(W4Path::kGemv) : -1;
       const double t_mma = run_path(W4Path::kMma);
-      const double t_cub = run_path(W4Path::kCublas);
-      const double t_auto = auto_p == W4Path::kMma ? t_mma : t_cub;
+      const double t_cub = M >= 64 ? run_path(W4Path::kCublas) : -1;
+      const double t_auto = auto_p == W4Path::kGemv ? t_gemv : auto_p == W4Path::kMma ? t_mma : t_cub;
       const float alpha = 1.f, beta = 0.f;
       const double t_f16 = time_us([&](int i) {
         CKB(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wf[i % f16_copies], CUDA_R_16F, K, x,
@@ -246,33 +324,80 @@ int main(int argc, char** argv) {
       });
       const double bytes = packed.bytes() + 2.0 * M * K + 2.0 * M * N;
       const double gbs = bytes / (t_auto * 1e-6) / 1e9;
-      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %9.2f %9.2f %9.2f | %6.2fx\n", sh.name, (long)N,
-                  (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs, t_mma, t_cub, t_f16,
-                  t_f16 / t_auto);
+      auto cell = [](double t) {
+        char b[16];
+        if (t < 0) std::snprintf(b, sizeof b, "%9s", "-");
+        else std::snprintf(b, sizeof b, "%9.2f", t);
+        return std::string(b);
+      };
+      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %9.2f | %6.2fx\n", sh.name, (long)N,
+                  (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs, cell(t_gemv).c_str(),
+                  cell(t_mma).c_str(), cell(t_cub).c_str(), t_f16, t_f16 / t_auto);
       if (csv)
-        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f\n", prop.name, sh.name, (long)N, (long)K,
-                     (long)M, w4_path_name(auto_p), ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto,
-                     gbs, 100 * gbs / copy_gbs, t_f16, t_f16 / t_auto);
+        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name, sh.name,
+                     (long)N, (long)K, (long)M, w4_path_name(auto_p),
+                     ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto, gbs, 100 * gbs / copy_gbs, t_f16,
+                     t_f16 / t_auto, t_gemv, t_mma, t_cub);
 
-      if (sweep && M <= 64) {  // mma block shapes: which (r, split) wins, for tuning mma_plan
+      if (launch_test) {  // launch gaps: graph vs stream vs isolated, with and without PDL
+        const float alpha1 = 1.f, beta0 = 0.f;
+        auto f16 = [&](int i) {
+          CKB(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha1, wf[i % f16_copies], CUDA_R_16F, K, x,
+                           CUDA_R_16F, K, &beta0, y2, CUDA_R_16F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        };
+        std::string line;
+        for (int pdl : {0, 1}) {
+          W4A16Context::MmaTuning t = tuning;
+          t.pdl = pdl;
+          ctx.set_mma_tuning(t);
+          auto mma = [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kMma)); };
+          char buf[160];
+          std::snprintf(buf, sizeof buf, " | pdl%d graph %.2f stream %.2f isolated %.2f", pdl, time_us(mma, Launch::kGraph),
+                        time_us(mma, Launch::kStream), time_us(mma, Launch::kIsolated));
+          line += buf;
+        }
+        ctx.set_mma_tuning(tuning);
+        std::printf("    launch M=%ld mma%s | cuBLAS fp16 graph %.2f stream %.2f isolated %.2f\n", (long)M, line.c_str(),
+                    time_us(f16, Launch::kGraph), time_us(f16, Launch::kStream), time_us(f16, Launch::kIsolated));
+      }
+      if (sweep_mma) {  // mma warps per block x split-K x PDL: which wins, for tuning mma_plan
         std::string line;
         double best = 1e30;
         std::string best_s;
-        for (int r : {1, 2, 4})
-          for (int split : {0, 1, 2, 4}) {
-            if (r == 4 && M > 16) continue;
-            ctx.set_mma_tuning({0, r, split});
+        for (int warps : {8, 16})
+          for (int split : {0, 2, 3})
+            for (int pdl : {0, 1}) {
+              W4A16Context::MmaTuning t = tuning;
+              t.warps = warps, t.split = split, t.pdl = pdl;
+              ctx.set_mma_tuning(t);
+              const double tm = time_us(
+                  [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kMma)); });
+              if (tm < best) best = tm, best_s = ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma);
+              char buf[64];
+              std::snprintf(buf, sizeof buf, " w%d/k%d/p%d:%.2f", warps, split, pdl, tm);
+              line += buf;
+            }
+        ctx.set_mma_tuning(tuning);
+        std::printf("    sweep-mma M=%ld:%s | best %.2f us %s\n", (long)M, line.c_str(), best, best_s.c_str());
+      }
+      if (sweep && has_gemv) {  // gemv (r, split): which wins, for tuning gemv_plan
+        std::string line;
+        double best = 1e30;
+        std::string best_s;
+        for (int r : {1, 2})
+          for (int split : {0, 1, 2, 4, 6, 8, 12, 16, 24, 32}) {
+            ctx.set_gemv_tuning({r, split});
             const double t = time_us(
-                [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kMma)); });
-            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma);
+                [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kGemv)); });
+            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemv);
             if (t < best) best = t, best_s = d;
             char buf[64];
-            std::snprintf(buf, sizeof buf, " r%d/s%d:%.1f", r, split, t);
+            std::snprintf(buf, sizeof buf, " r%d/s%d:%.2f", r, split, t);
             line += buf;
           }
-        ctx.set_mma_tuning({});
+        ctx.set_gemv_tuning({});
         std::printf("    sweep M=%ld (s0 = auto: %s):%s | best %.2f us %s\n", (long)M,
-                    ctx.describe(w4[0], M, ActType::kF16, W4Path::kMma).c_str(), line.c_str(), best, best_s.c_str());
+                    ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemv).c_str(), line.c_str(), best, best_s.c_str());
       }
     }
     for (auto* p : wf) CK(cudaFree(p));

@@ -29,7 +29,7 @@ for step in "${steps[@]}"; do
       compute-sanitizer --tool memcheck --error-exitcode 3 "$B/cuda_w4a16_test" --gpu --quick 2>&1 | tail -n 25 | tee "$LOG/memcheck.log"
       rc=$((rc | PIPESTATUS[0])) ;;
     bench) "$B/cuda_w4a16_bench" --csv "$LOG/bench.csv" 2>&1 | tee "$LOG/bench.log"; rc=$((rc | PIPESTATUS[0])) ;;
-    sweep) "$B/cuda_w4a16_bench" --sweep 2>&1 | tee "$LOG/sweep.log"; rc=$((rc | PIPESTATUS[0])) ;;
+    sweep) "$B/cuda_w4a16_bench" --sweep --ms 1,2,4,8 2>&1 | tee "$LOG/sweep.log"; rc=$((rc | PIPESTATUS[0])) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

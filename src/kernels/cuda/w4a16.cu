@@ -97,7 +97,9 @@ struct W4A16Context::Impl {
   cublasHandle_t cublas = nullptr;
   int device = -1;
   int sm_count = 0;
+  int cc_major = 0;
   MmaTuning tuning;
+  GemvTuning gemv_tuning;
   struct Buffer {
     void* ptr = nullptr;
     size_t bytes = 0;
@@ -119,6 +121,7 @@ struct W4A16Context::Impl {
     CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, dev));
     int major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cc_major = major;
     if (major < 8) return CudaStatus::error("W4A16: needs compute capability 8.0 or newer (mma.sync bf16, cp.async)");
     CUBLAS_CHECK(cublasCreate(&cublas));
     device = dev;
@@ -126,6 +129,15 @@ struct W4A16Context::Impl {
   }
 
   // Grows b to at least `bytes`; zero-filled (on `stream`) when `zero`. Not allowed during graph capture.
+  // The mma launch configuration asked for by the tuning hook (zeros = choose).
+  detail::MmaConfig mma_want() const {
+    detail::MmaConfig c{tuning.nt, tuning.r, tuning.split, tuning.warps, 0};
+    // PDL needs sm_90 (griddepcontrol); before init() (describe) assume it will be available.
+    const bool can_pdl = cc_major == 0 || cc_major >= 9;
+    c.pdl = can_pdl && (tuning.pdl < 0 ? kW4MmaPdlDefault : tuning.pdl > 0) ? 1 : 0;
+    return c;
+  }
+
   CudaStatus grow(Buffer* b, size_t bytes, bool zero, cudaStream_t stream) {
     if (b->bytes >= bytes) return CudaStatus::ok();
     if (b->ptr) {
@@ -145,23 +157,36 @@ W4A16Context::W4A16Context() : impl_(std::make_unique<Impl>()) {}
 W4A16Context::~W4A16Context() = default;
 
 void W4A16Context::set_mma_tuning(MmaTuning t) { impl_->tuning = t; }
+void W4A16Context::set_gemv_tuning(GemvTuning t) { impl_->gemv_tuning = t; }
 
 W4Path W4A16Context::auto_path(const W4A16DeviceWeight& /*w*/, int64_t M) const {
+  if (M <= kW4GemvCrossoverM) return W4Path::kGemv;
   return M > kW4CublasCrossoverM ? W4Path::kCublas : W4Path::kMma;
 }
 
 std::string W4A16Context::describe(const W4A16DeviceWeight& w, int64_t M, ActType act, W4Path path) const {
   if (path == W4Path::kAuto) path = auto_path(w, M);
   if (path == W4Path::kCublas) return "dequant+cublas";
-  detail::MmaPlan plan;
   const int sms = impl_->sm_count > 0 ? impl_->sm_count : 132;
-  const detail::MmaConfig want{impl_->tuning.nt, impl_->tuning.r, impl_->tuning.split};
+  if (path == W4Path::kGemv) {
+    detail::GemvPlan gp;
+    const detail::GemvConfig gw{impl_->gemv_tuning.r, impl_->gemv_tuning.split};
+    if (detail::gemv_plan(static_cast<int>(M), static_cast<int>(w.out), static_cast<int>(w.in),
+                          static_cast<int>(w.group_size), sms, gw, &gp) != cudaSuccess)
+      return "gemv (no plan)";
+    return std::string("gemv r=") + std::to_string(gp.cfg.r) + " split=" + std::to_string(gp.cfg.split) +
+           (gp.fold ? " fold" : " unfolded") + " grid=" + std::to_string(gp.grid.x) + "x" + std::to_string(gp.grid.y);
+  }
+  detail::MmaPlan plan;
+  const detail::MmaConfig want = impl_->mma_want();
   if (detail::mma_plan(act == ActType::kBF16, static_cast<int>(M), static_cast<int>(w.out), static_cast<int>(w.in),
                        sms, want, &plan) != cudaSuccess)
     return "mma (no plan)";
   return "mma nt=" + std::to_string(plan.cfg.nt) + " r=" + std::to_string(plan.cfg.r) +
          " split=" + std::to_string(plan.cfg.split) + " grid=" + std::to_string(plan.grid.x) + "x" +
-         std::to_string(plan.grid.y) + "x" + std::to_string(plan.grid.z);
+         std::to_string(plan.grid.y) + "x" + std::to_string(plan.grid.z) +
+         " warps=" + std::to_string(plan.cfg.warps) +
+         (plan.cfg.pdl ? " pdl" : "");
 }
 
 CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64_t M, ActType act, void* y,
@@ -188,11 +213,10 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
     xk = impl_->xperm.ptr;
   }
   if (path == W4Path::kAuto) path = auto_path(w, M);
+  if (path == W4Path::kGemv && M > kW4GemvMaxM)
+    return CudaStatus::error(what + ": the gemv path takes batch M <= " + std::to_string(kW4GemvMaxM));
 
-  if (path == W4Path::kMma) {
-    detail::MmaPlan plan;
-    const detail::MmaConfig want{impl_->tuning.nt, impl_->tuning.r, impl_->tuning.split};
-    CUDA_CHECK(detail::mma_plan(bf16, Mi, N, K, impl_->sm_count, want, &plan));
+  if (path == W4Path::kMma || path == W4Path::kGemv) {
     detail::MmaArgs a;
     a.qweight = w.qweight;
     a.scales = static_cast<const uint32_t*>(w.scales);
@@ -204,6 +228,22 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
       a.group_shift = 0;
       while ((int64_t{1} << a.group_shift) < w.group_size) ++a.group_shift;
     }
+    if (path == W4Path::kGemv) {
+      detail::GemvPlan gp;
+      const detail::GemvConfig gw{impl_->gemv_tuning.r, impl_->gemv_tuning.split};
+      CUDA_CHECK(detail::gemv_plan(Mi, N, K, a.group, impl_->sm_count, gw, &gp));
+      if (gp.partial_floats) {
+        QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->partial, gp.partial_floats * sizeof(float), false, stream));
+        QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->counters, gp.counters * sizeof(unsigned), true, stream));
+        a.partial = static_cast<float*>(impl_->partial.ptr);
+        a.counters = static_cast<unsigned*>(impl_->counters.ptr);
+      }
+      CUDA_CHECK(detail::gemv_launch(bf16, gp, a, stream));
+      return CudaStatus::ok();
+    }
+    detail::MmaPlan plan;
+    const detail::MmaConfig want = impl_->mma_want();
+    CUDA_CHECK(detail::mma_plan(bf16, Mi, N, K, impl_->sm_count, want, &plan));
     if (plan.partial_floats) {
       QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->partial, plan.partial_floats * sizeof(float), false, stream));
       QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->counters, plan.counters * sizeof(unsigned), true, stream));

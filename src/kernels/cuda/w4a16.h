@@ -5,6 +5,10 @@
 // (a cudaStream_t). Errors come back as CudaStatus, whose message names the shape, tensor or CUDA call.
 //
 // Paths (chosen once per call, see W4Path):
+//   gemv    - small batch (M <= 8): weight-streaming kernel, 16-byte loads straight to registers, exact integer
+//             dequantisation on the tensor cores with the group scale applied once per group, split-K over
+//             blocks only when the x slice needs it (w4a16_gemv.cu). Correct but slower than mma on H100 so far:
+//             kAuto does not pick it (kW4GemvCrossoverM = 0); ask for it explicitly.
 //   mma     - tensor-core kernel with the weight as the mma A operand (y^T = W x^T), the activations as B,
 //             cp.async pipeline per warp, split-K inside the block and, when the grid is small, across
 //             blocks. Batch rows go in tiles of 8 (one mma n8), so batch 1-8 costs one pass over W.
@@ -39,7 +43,7 @@ class [[nodiscard]] CudaStatus {
 };
 
 enum class ActType { kF16, kBF16 };
-enum class W4Path { kAuto, kMma, kCublas };
+enum class W4Path { kAuto, kGemv, kMma, kCublas };
 const char* w4_path_name(W4Path p);
 
 // Host-side packed weight (w4a16_layout.h). Build it with w4a16_repack.
@@ -122,15 +126,34 @@ class W4A16Context {
 
   // Benchmark / tuning hook for the mma path: batch tiles of 8 rows per block (nt in 1, 2, 4, 8), 16-row
   // output tiles per warp (r in 1, 2, 4 for nt <= 2; 2 for nt >= 4), split-K over blocks; 0 = the built-in choice.
+  // warps: warps per block (0 = built in; 8, or 16 for nt <= 2 with r = 2).
+  // pdl: programmatic dependent launch (1 on, 0 off, -1 = built in: kW4MmaPdlDefault; only on cc >= 9).
+  //   With it, the kernel fetches its weights while the previous kernel in the stream is still running, so
+  //   the weight buffers must not be written by that previous kernel (x and y are safe: they are touched only
+  //   after the previous kernel has completed).
   struct MmaTuning {
     int nt = 0, r = 0, split = 0;
+    int warps = 0;
+    int pdl = -1;
   };
   void set_mma_tuning(MmaTuning t);
+  // Benchmark / tuning hook for the gemv path: row tiles per warp (1, 2) and K slices over blocks; 0 = built in.
+  struct GemvTuning {
+    int r = 0, split = 0;
+  };
+  void set_gemv_tuning(GemvTuning t);
 
  private:
   std::unique_ptr<Impl> impl_;
 };
 
+// Largest batch the gemv path takes, and the largest kAuto gives it (measured on H100, docs/cuda-kernels.md).
+inline constexpr int64_t kW4GemvMaxM = 8;
+inline constexpr int64_t kW4GemvCrossoverM = 0;  // 0: kAuto never picks gemv (it lost to mma on H100)
+// Whether the mma path uses programmatic dependent launch by default (MmaTuning::pdl = -1). Off: on H100 it
+// saved up to 0.7 us on grids of about one block per SM but cost up to 15% where the next kernel's early blocks
+// landed unevenly on SMs that already held 2-3 blocks (docs/cuda-kernels.md).
+inline constexpr bool kW4MmaPdlDefault = false;
 // Batch above which kAuto dequantizes and calls cuBLAS (measured on H100, docs/cuda-kernels.md).
 inline constexpr int64_t kW4CublasCrossoverM = 128;
 

@@ -20,8 +20,13 @@ struct MmaArgs {
 };
 
 // Block shape of the mma kernel: nt batch tiles of 8 rows, r output tiles of 16 rows, split-K over blocks.
+// warps: warps per block (0 = choose; 8, or 16 for nt <= 2 with r = 2).
+// pdl: launch with programmatic dependent launch (1), so the weight prologue overlaps the previous kernel's
+// tail; 0 = plain launch. Resolved by the caller (w4a16.cu: only on compute capability >= 9).
 struct MmaConfig {
   int nt = 0, r = 0, split = 0;  // 0 = choose
+  int warps = 0;
+  int pdl = 0;
 };
 
 struct MmaPlan {
@@ -36,6 +41,23 @@ struct MmaPlan {
 // Fills in the unset fields of `want` for this problem on `sm_count` multiprocessors.
 cudaError_t mma_plan(bool bf16, int M, int N, int K, int sm_count, MmaConfig want, MmaPlan* plan);
 cudaError_t mma_launch(bool bf16, const MmaPlan& plan, const MmaArgs& args, cudaStream_t stream);
+
+// Small-batch weight-streaming kernel (w4a16_gemv.cu), M <= gemv_max_m(): r row tiles per warp (1 or 2),
+// split = K slices over blocks (grid.y); 0 = choose.
+struct GemvConfig {
+  int r = 0, split = 0;
+};
+struct GemvPlan {
+  GemvConfig cfg;
+  dim3 grid;
+  bool fold = false;          // group % 64 == 0: scales applied once per group (else per weight)
+  size_t smem = 0;            // x slice in shared memory
+  size_t partial_floats = 0;  // workspace needed (split > 1)
+  size_t counters = 0;
+};
+int gemv_max_m();
+cudaError_t gemv_plan(int M, int N, int K, int group, int sm_count, GemvConfig want, GemvPlan* plan);
+cudaError_t gemv_launch(bool bf16, const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream);
 
 // w_out [N, K] fp16/bf16 (kernel-column order) = dequant(W).
 cudaError_t dequant_launch(bool bf16, const void* qweight, const uint32_t* scales, const uint32_t* zeros, int N,

@@ -40,6 +40,7 @@ int64_t effective_group(int64_t group_size, int64_t in) { return (group_size <= 
 const char* w4_path_name(W4Path p) {
   switch (p) {
     case W4Path::kAuto: return "auto";
+    case W4Path::kGemv: return "gemv";
     case W4Path::kMma: return "mma";
     case W4Path::kCublas: return "dequant+cublas";
   }

@@ -10,6 +10,7 @@
 //                + K * 2^-23 * A     fp32 accumulation (mma, split-K sums, cuBLAS), allowing 2 ulp per add
 //                + u_o * |y_ref|     the final rounding of y to the activation type
 //                + 2^-14 * u_o       underflow near zero
+// (the gemv path does not round the weight: it scales exact integers code - zero in fp32, well inside this)
 // with u_w = u_o = 2^-11 for fp16 and 2^-8 for bf16 (unit roundoff). x is rounded to the activation type
 // before the reference sees it, so it adds no error. One wrong code moves y by |x| * scale >= ~1e-3 * A / K
 // per element in these tests, far above the bound's scale for K >= 256, so a layout slip cannot pass.
@@ -235,6 +236,7 @@ void check_weight(W4A16Context& ctx, const Quant& q, ActType act, const std::vec
     DeviceBuf dx(M * K * 2), dy(M * N * 2);
     REQUIRE_CUDA(cudaMemcpy(dx.p, xb.data(), M * K * 2, cudaMemcpyHostToDevice));
     for (W4Path path : paths) {
+      if (path == W4Path::kGemv && M > kW4GemvMaxM) continue;  // gemv is the small-batch path
       REQUIRE_CUDA(cudaMemset(dy.p, 0xFF, M * N * 2));  // NaN poison in fp16 and bf16
       const CudaStatus sl = ctx.linear(dw, dx.p, M, act, dy.p, nullptr, path);
       EXPECT(sl.is_ok(), "%s M=%ld %s: %s", label.c_str(), (long)M, w4_path_name(path), sl.message().c_str());
@@ -283,13 +285,13 @@ void test_llama_shapes(W4A16Context& ctx, bool quick) {
   struct Shape { int64_t out, in; };
   std::vector<Shape> shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 8192},
                                {28672, 8192}, {8192, 28672}, {1536, 576}, {576, 1536}};
-  std::vector<int64_t> ms = {1, 4, 16, 64, 256};
-  if (quick) shapes = {{1536, 576}, {576, 1536}}, ms = {1, 16, 64};
-  std::printf("Llama shapes (fp16, AWQ-style asymmetric g128; g64 for in = 576), both paths:\n");
+  std::vector<int64_t> ms = {1, 4, 8, 16, 64, 256};
+  if (quick) shapes = {{1536, 576}, {576, 1536}}, ms = {1, 8, 16, 64};
+  std::printf("Llama shapes (fp16, AWQ-style asymmetric g128; g64 for in = 576), all paths:\n");
   for (const Shape& sh : shapes) {
     // g = 128, or 64 where 128 does not divide in (576: SmolLM-class models quantise with g = 64 or 32).
     const Quant q = make_quant(sh.out, sh.in, sh.in % 128 == 0 ? 128 : 64, false, false, rng);
-    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kMma, W4Path::kCublas},
+    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kCublas},
                  std::to_string(sh.out) + "x" + std::to_string(sh.in), rng);
   }
 }
@@ -309,23 +311,44 @@ void test_variants(W4A16Context& ctx, bool quick) {
           const std::string label = std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" +
                                     (g ? std::to_string(g) : std::string("=in")) + (sym ? " sym" : " asym") +
                                     (ao ? " act-order" : "");
-          check_weight(ctx, q, act, ms, {W4Path::kMma, W4Path::kCublas}, label, rng, 1 << 30, false);
+          check_weight(ctx, q, act, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kCublas}, label, rng, 1 << 30, false);
         }
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
   // Every mma block shape and forced split-K, on a shape where split-K tiles do not divide evenly.
   std::printf("mma block shapes (nt, r, split) on [%d, %d]:\n", quick ? 64 : 1536, quick ? 576 : 1600);
   const Quant q = make_quant(quick ? 64 : 1536, quick ? 576 : 1600, 64, false, true, rng);  // 25 K tiles
-  const int shapes[][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 2}, {8, 2}};
+  // {nt, r, warps per block}; pdl alternates so both launch modes are covered (default: on).
+  const int shapes[][3] = {{1, 1, 8}, {1, 2, 8}, {1, 4, 8}, {2, 1, 8}, {2, 2, 8},
+                           {2, 4, 8}, {4, 2, 8}, {8, 2, 8}, {1, 2, 16}, {2, 2, 16}};
   for (const auto& sh : shapes)
     for (int split : {1, 3, 7}) {
-      const int nt = sh[0], r = sh[1];
-      ctx.set_mma_tuning({nt, r, split});
+      const int nt = sh[0], r = sh[1], warps = sh[2], pdl = split == 3 ? 0 : -1;
+      ctx.set_mma_tuning({nt, r, split, warps, pdl});
       check_weight(ctx, q, ActType::kF16, quick ? std::vector<int64_t>{3, 40} : std::vector<int64_t>{3, 40, 77},
                    {W4Path::kMma},
-                   "nt=" + std::to_string(nt) + " r=" + std::to_string(r) + " split=" + std::to_string(split), rng,
-                   1 << 30, false);
+                   "nt=" + std::to_string(nt) + " r=" + std::to_string(r) + " warps=" + std::to_string(warps) +
+                       " split=" + std::to_string(split) + (pdl == 0 ? " no-pdl" : ""),
+                   rng, 1 << 30, false);
     }
   ctx.set_mma_tuning({});
+  std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
+  // Every gemv shape and forced K split (uneven slices, one-step slices, row tiles past N), with the scale
+  // folded per group (g64) and per weight (g32), fp16 and bf16.
+  const int64_t gn = quick ? 80 : 1552, gk = quick ? 576 : 1600;  // 5 / 97 row tiles, 9 / 25 K tiles
+  std::printf("gemv shapes (r, split) on [%ld, %ld]:\n", (long)gn, (long)gk);
+  for (int64_t g : {64, 32}) {
+    const Quant qg = make_quant(gn, gk, g, false, true, rng);
+    for (ActType act : {ActType::kF16, ActType::kBF16})
+      for (int r : {1, 2})
+        for (int split : {1, 3, 7, static_cast<int>(gk / 64)}) {
+          ctx.set_gemv_tuning({r, split});
+          check_weight(ctx, qg, act, {1, 3, 8}, {W4Path::kGemv},
+                       std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" + std::to_string(g) +
+                           " r=" + std::to_string(r) + " split=" + std::to_string(split),
+                       rng, 1 << 30, false);
+        }
+  }
+  ctx.set_gemv_tuning({});
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
 }
 
@@ -347,6 +370,9 @@ void test_api_errors(W4A16Context& ctx) {
   W4A16DeviceWeight empty;
   const CudaStatus s3 = ctx.linear(empty, dx.p, 1, ActType::kF16, dy.p, nullptr);
   EXPECT(!s3.is_ok(), "an empty weight is rejected");
+  const CudaStatus s4 = ctx.linear(dw, dx.p, kW4GemvMaxM + 1, ActType::kF16, dy.p, nullptr, W4Path::kGemv);
+  EXPECT(!s4.is_ok() && s4.message().find("gemv") != std::string::npos, "gemv rejects M > %ld: %s",
+         (long)kW4GemvMaxM, s4.message().c_str());
 }
 
 }  // namespace
