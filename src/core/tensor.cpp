@@ -33,6 +33,7 @@ void Tensor::reshape(Shape s) {
 
 void convert_to_f32(const TensorView& src, float* dst) {
   const int64_t n = src.numel();
+  if (n == 0) return;  // memcpy of nothing from/to a null pointer is undefined
   switch (src.dtype) {
     case DType::kF32:
       std::memcpy(dst, src.data, size_t(n) * 4);

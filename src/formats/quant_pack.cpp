@@ -109,6 +109,10 @@ Expected<quant::QuantizedLinear> unpack_linear(const PackedLinear& p, PackedForm
   const int64_t O = p.out, I = p.in;
   if (O <= 0 || I <= 0 || O % kPerWord != 0)
     return error("{}: out_features {} must be a positive multiple of {}", name, O, kPerWord);
+  // Bounded so that every size product below fits in int64 (and no real layer is larger).
+  constexpr int64_t kMaxDim = int64_t(1) << 24;
+  if (O > kMaxDim || I > kMaxDim)
+    return error("{}: [{}, {}] is implausibly large (dimensions at most {})", name, O, I, kMaxDim);
   if (p.group_size <= 0 || I % p.group_size != 0)
     return error("{}: group size {} does not divide in_features {}", name, p.group_size, I);
   const int64_t G = p.groups();
@@ -208,6 +212,7 @@ Expected<QuantizationConfig> parse_quantization_config(const std::string& text, 
   if (bits == -1) {  // AutoAWQ's own quant_config.json spells it w_bit / q_group_size
     QF_ASSIGN_OR_RETURN(bits, get_int("w_bit", 4));
   }
+  if (bits != 4) return error("{}: quantization_config.bits is {}; only 4-bit checkpoints are supported", source, bits);
   c.bits = int(bits);
   QF_ASSIGN_OR_RETURN(int64_t gs, get_int("group_size", 0));
   if (gs == 0) {

@@ -139,6 +139,15 @@ Status validate_model_config(const ModelConfig& c, const std::string& src) {
     if (f.v <= 0) return error("{}: field '{}' must be positive, got {}", src, f.name, f.v);
     if (f.v > (int64_t(1) << 24)) return error("{}: field '{}' = {} is implausibly large", src, f.name, f.v);
   }
+  // Each layer is 9+ tensors and a slot in every per-layer table: no real model has more than a few hundred.
+  if (c.num_hidden_layers > kMaxLayers)
+    return error("{}: field 'num_hidden_layers' = {} is implausibly large (at most {})", src, c.num_hidden_layers,
+                 kMaxLayers);
+  if (c.bos_token_id < -1 || c.bos_token_id >= c.vocab_size)
+    return error("{}: bos_token_id {} is outside the vocabulary [0, {})", src, c.bos_token_id, c.vocab_size);
+  for (int64_t e : c.eos_token_ids)
+    if (e < 0 || e >= c.vocab_size)
+      return error("{}: eos_token_id {} is outside the vocabulary [0, {})", src, e, c.vocab_size);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     return error("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", src,
                  c.num_attention_heads, c.num_key_value_heads);

@@ -44,6 +44,8 @@ struct ModelConfig {
 // Parses config.json text; `source` names the file in errors.
 Expected<ModelConfig> parse_model_config(const std::string& json_text, const std::string& source);
 Expected<ModelConfig> load_model_config(const std::string& path);
+inline constexpr int64_t kMaxLayers = 4096;  // num_hidden_layers accepted by validate_model_config
+
 // Checks internal consistency (heads divide, positive sizes, ...); errors name the field.
 Status validate_model_config(const ModelConfig& c, const std::string& source);
 // config.json text that transformers loads.

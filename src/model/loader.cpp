@@ -173,6 +173,10 @@ Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f) {
 }
 
 Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4) {
+  // Every layer has at least 9 tensors: a block count the file cannot hold is refused before any allocation.
+  if (uint64_t(c.num_hidden_layers) * 9 > f.tensors().size())
+    return error("{}: block_count {} needs at least {} tensors, the file has {}", f.path(), c.num_hidden_layers,
+                 uint64_t(c.num_hidden_layers) * 9, f.tensors().size());
   ModelWeights w;
   for (TensorSlot& s : tensor_slots(c, w)) {
     const std::string gname = gguf_name(s.name);
@@ -289,6 +293,9 @@ Expected<LoadedModel> load_hf_dir(const std::string& dir, const LoadOptions& opt
   QF_ASSIGN_OR_RETURN(ModelConfig c, load_model_config(cfg_path));
   QF_ASSIGN_OR_RETURN(std::optional<formats::QuantizationConfig> qc, find_quantization_config(dir));
   QF_ASSIGN_OR_RETURN(safetensors::Checkpoint ckpt, safetensors::Checkpoint::open_dir(dir));
+  if (uint64_t(c.num_hidden_layers) * 9 > ckpt.names().size())
+    return error("{}: num_hidden_layers {} needs at least {} tensors, the checkpoint has {}", dir, c.num_hidden_layers,
+                 uint64_t(c.num_hidden_layers) * 9, ckpt.names().size());
   ModelWeights w;
   for (TensorSlot& s : tensor_slots(c, w)) {
     if (qc && s.packed) {
