@@ -172,7 +172,9 @@ void rewrite(const std::string& dir, const std::function<void(const std::string&
       keep.push_back(std::move(copy));
       TensorView v = keep.back().view();
       edit(e.name, v, keep);
-      if (v.data) ASSERT_TRUE(w.add(e.name, v));
+      if (v.data) {
+        ASSERT_TRUE(w.add(e.name, v));
+      }
     }
   }
   ASSERT_TRUE(w.write(dir + "/model.safetensors"));
