@@ -14,23 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "model/loader.h"
 #include "ops/ops.h"
 
 using namespace qforge;
-using Clock = std::chrono::steady_clock;
-
-static double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-static std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
-}
+using bench::Clock;
+using bench::cpu_name;
+using bench::seconds_since;
 
 // Median GFLOP/s of y[M,N] = x[M,K] w[N,K]^T over `reps` runs.
 static double sgemm_gflops(int64_t M, int64_t K, int64_t N, int reps) {

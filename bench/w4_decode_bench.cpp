@@ -13,23 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "kernels/cpu/w4a16.h"
 #include "model/layer_spec.h"
 #include "model/loader.h"
 #include "ops/ops.h"
 
 using namespace qforge;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::cpu_name;
+using bench::seconds_since;
 
-static double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-static std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
-}
 
 // Bytes of linear weights a decode step streams.
 static double linear_bytes(const LlamaModel& m) {

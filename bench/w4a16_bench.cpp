@@ -23,12 +23,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/dtype.h"
 #include "kernels/cpu/w4a16.h"
 
 using namespace qforge;
 using namespace qforge::kernels;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::cpu_name;
+using bench::seconds_since;
 
 namespace {
 
@@ -38,21 +41,12 @@ int64_t group_for(int64_t in) { return in % 128 == 0 ? 128 : 64; }
 constexpr double kMinSeconds = 0.25;     // per measurement (keeps the whole run under ~2 minutes)
 constexpr int kMinReps = 15;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::string loadavg() {
   std::ifstream f("/proc/loadavg");
   std::string a, b, c;
   f >> a >> b >> c;
   return a + " " + b + " " + c;
-}
-
-std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
 }
 
 // Last-level cache in bytes (sysfs), or 64 MiB when unknown.
