@@ -38,41 +38,6 @@ constexpr const char* kLlama3Split =
 constexpr const char* kQwen2Split =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-// Hugging Face linear name -> llama.cpp tensor name stem.
-struct LinearName {
-  const char* hf;
-  const char* gguf;
-};
-constexpr LinearName kLinearNames[] = {
-    {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"}, {"self_attn.v_proj", "attn_v"},
-    {"self_attn.o_proj", "attn_output"}, {"mlp.gate_proj", "ffn_gate"},  {"mlp.up_proj", "ffn_up"},
-    {"mlp.down_proj", "ffn_down"},
-};
-
-const char* gguf_linear_name(const char* hf) {
-  for (const LinearName& n : kLinearNames)
-    if (std::strcmp(n.hf, hf) == 0) return n.gguf;
-  return nullptr;
-}
-
-// GGUF name of a non-linear tensor slot (Hugging Face name), "" when unknown.
-std::string gguf_tensor_name(const TensorSlot& s) {
-  if (s.name == "model.embed_tokens.weight") return "token_embd.weight";
-  if (s.name == "model.norm.weight") return "output_norm.weight";
-  if (s.name == "lm_head.weight") return "output.weight";
-  const std::string prefix = fmt::format("model.layers.{}.", s.layer);
-  if (s.layer < 0 || !s.name.starts_with(prefix)) return "";
-  const std::string rest = s.name.substr(prefix.size());
-  static const std::pair<const char*, const char*> kOther[] = {
-      {"input_layernorm.weight", "attn_norm.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
-      {"self_attn.q_proj.bias", "attn_q.bias"},       {"self_attn.k_proj.bias", "attn_k.bias"},
-      {"self_attn.v_proj.bias", "attn_v.bias"},
-  };
-  for (const auto& [hf, g] : kOther)
-    if (rest == hf) return fmt::format("blk.{}.{}", s.layer, g);
-  return "";
-}
-
 // gguf_row -> Hugging Face row for q/k (llama.cpp's RoPE permutation, per head), identity otherwise.
 // Derived by applying permute_rope_rows to the row indices, so the export and the loader share one
 // definition of the permutation.
@@ -430,11 +395,11 @@ Status save_gguf_checkpoint(const std::string& path, const ModelConfig& c, const
       const quant::QuantizedLinear& q = layer[i];
       QF_RETURN_IF_ERROR(fail(check_linear(q, hf, s.shape[0], s.shape[1], opt.q4_type)));
       QF_RETURN_IF_ERROR(
-          fail(add_linear(w, fmt::format("blk.{}.{}.weight", s.layer, gguf_linear_name(spec->name)), hf, q,
+          fail(add_linear(w, gguf_tensor_name(s.name), hf, q,
                           opt.q4_type, rope_heads)));
       continue;
     }
-    const std::string gname = gguf_tensor_name(s);
+    const std::string gname = gguf_tensor_name(s.name);
     if (gname.empty()) return fail(error("tensor '{}' has no GGUF name", s.name));
     if (s.tensor->empty() || !(s.tensor->shape() == s.shape) || s.tensor->dtype() != DType::kF32)
       return fail(error("tensor '{}' is missing, not f32, or has shape {} (expected {})", s.name,

@@ -19,10 +19,7 @@ namespace qforge {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-// Hugging Face tensor name -> GGUF tensor name (llama.cpp convention).
-std::string gguf_name(const std::string& hf) {
+std::string gguf_tensor_name(const std::string& hf) {
   static const std::pair<const char*, const char*> kLayer[] = {
       {"input_layernorm.weight", "attn_norm.weight"},
       {"self_attn.q_proj.weight", "attn_q.weight"},
@@ -48,8 +45,10 @@ std::string gguf_name(const std::string& hf) {
     for (const auto& [h, g] : kLayer)
       if (rest == h) return "blk." + layer + "." + g;
   }
-  return hf;
+  return "";
 }
+
+namespace {
 
 template <typename T>
 void permute_rows(T* w, int64_t rows, int64_t cols, int64_t n_heads, bool to_hf) {
@@ -179,7 +178,8 @@ Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelCon
                  uint64_t(c.num_hidden_layers) * 9, f.tensors().size());
   ModelWeights w;
   for (TensorSlot& s : tensor_slots(c, w)) {
-    const std::string gname = gguf_name(s.name);
+    std::string gname = gguf_tensor_name(s.name);
+    if (gname.empty()) gname = s.name;
     const gguf::TensorInfo* ti = f.find_tensor(gname);
     if (!ti) return error("{}: tensor '{}' (for {}) missing", f.path(), gname, s.name);
     if (!(ti->shape() == s.shape))

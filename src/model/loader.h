@@ -39,6 +39,10 @@ Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f);
 // All weights from GGUF in Hugging Face layout: dequantized to f32, or with pack_q4 the Q4_0/Q4_1 linears packed.
 Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4 = false);
 
+// llama.cpp's name of a Hugging Face tensor ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight",
+// "model.embed_tokens.weight" -> "token_embd.weight"); "" when it has none. Shared by the loader and GGUF export.
+std::string gguf_tensor_name(const std::string& hf);
+
 // Inverse of llama.cpp's convert permutation of q/k rows for RoPE: GGUF stores, within each head,
 // rows interleaved (0, hd/2, 1, hd/2+1, ...); Hugging Face keeps halves. w[rows, cols] in place.
 void unpermute_rope_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads);
