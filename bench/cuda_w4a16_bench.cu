@@ -243,11 +243,12 @@ int main(int argc, char** argv) {
   W4A16Context ctx;
   ctx.set_mma_tuning(tuning);
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
-  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,dequant_cublas_us\n");
+  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,dequant_cublas_us,gemv_pdl_us\n");
 
   std::mt19937_64 rng(7);
-  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s | %7s\n", "shape", "out", "in", "M", "auto path",
-              "auto us", "GB/s", "%copy", "gemv us", "mma us", "deq+cub us", "fp16 us", "speedup");
+  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s %9s | %7s\n", "shape", "out", "in", "M",
+              "auto path", "auto us", "GB/s", "%copy", "gemv us", "gemv+pdl", "mma us", "deq+cub us", "fp16 us",
+              "speedup");
   for (const Shape& sh : shapes) {
     const int64_t N = sh.out, K = sh.in, g = K % 128 == 0 ? 128 : 64, G = K / g;  // g64 for in = 576
     // Random AWQ-style weight: asymmetric, g = 128.
@@ -315,6 +316,14 @@ int main(int argc, char** argv) {
       // gemv only where it applies; dequant+cuBLAS only where it can matter (M >= 64): the rest is "-"
       const double t_gemv = has_gemv ? run_path(W4Path::kGemv) : -1;
       const double t_mma = run_path(W4Path::kMma);
+      double t_gemv_pdl = -1;  // the gemv path with programmatic dependent launch (weights of call i+1 overlap call i)
+      if (has_gemv) {
+        W4A16Context::GemvTuning gt;
+        gt.pdl = 1;
+        ctx.set_gemv_tuning(gt);
+        t_gemv_pdl = run_path(W4Path::kGemv);
+        ctx.set_gemv_tuning({});
+      }
       const double t_cub = M >= 64 ? run_path(W4Path::kCublas) : -1;
       const double t_auto = auto_p == W4Path::kGemv ? t_gemv : auto_p == W4Path::kMma ? t_mma : t_cub;
       const float alpha = 1.f, beta = 0.f;
@@ -330,14 +339,15 @@ int main(int argc, char** argv) {
         else std::snprintf(b, sizeof b, "%9.2f", t);
         return std::string(b);
       };
-      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %9.2f | %6.2fx\n", sh.name, (long)N,
-                  (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs, cell(t_gemv).c_str(),
-                  cell(t_mma).c_str(), cell(t_cub).c_str(), t_f16, t_f16 / t_auto);
+      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %s %9.2f | %6.2fx\n", sh.name,
+                  (long)N, (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs,
+                  cell(t_gemv).c_str(), cell(t_gemv_pdl).c_str(), cell(t_mma).c_str(), cell(t_cub).c_str(), t_f16,
+                  t_f16 / t_auto);
       if (csv)
-        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name, sh.name,
+        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name, sh.name,
                      (long)N, (long)K, (long)M, w4_path_name(auto_p),
                      ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto, gbs, 100 * gbs / copy_gbs, t_f16,
-                     t_f16 / t_auto, t_gemv, t_mma, t_cub);
+                     t_f16 / t_auto, t_gemv, t_mma, t_cub, t_gemv_pdl);
 
       if (launch_test) {  // launch gaps: graph vs stream vs isolated, with and without PDL
         const float alpha1 = 1.f, beta0 = 0.f;
@@ -380,23 +390,28 @@ int main(int argc, char** argv) {
         ctx.set_mma_tuning(tuning);
         std::printf("    sweep-mma M=%ld:%s | best %.2f us %s\n", (long)M, line.c_str(), best, best_s.c_str());
       }
-      if (sweep && has_gemv) {  // gemv (r, split): which wins, for tuning gemv_plan
+      if (sweep && has_gemv) {  // gemv (warps, depth, split), then PDL on the best: which wins, for gemv_plan
         std::string line;
         double best = 1e30;
         std::string best_s;
-        for (int r : {1, 2})
-          for (int split : {0, 1, 2, 4, 6, 8, 12, 16, 24, 32}) {
-            ctx.set_gemv_tuning({r, split});
-            const double t = time_us(
-                [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kGemv)); });
-            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemv);
-            if (t < best) best = t, best_s = d;
-            char buf[64];
-            std::snprintf(buf, sizeof buf, " r%d/s%d:%.2f", r, split, t);
-            line += buf;
-          }
+        W4A16Context::GemvTuning best_t;
+        auto try_gemv = [&](W4A16Context::GemvTuning gt) {
+          ctx.set_gemv_tuning(gt);
+          const double t = time_us(
+              [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kGemv)); });
+          if (t < best) best = t, best_s = ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemv), best_t = gt;
+          char buf[64];
+          std::snprintf(buf, sizeof buf, " w%d/d%d/s%d/p%d:%.2f", gt.warps, gt.depth, gt.split, gt.pdl > 0, t);
+          line += buf;
+        };
+        for (int warps : {4, 8})
+          for (int depth : {4, 8})
+            for (int split : {0, 1, 2, 4}) try_gemv({warps, split, depth, 0});
+        W4A16Context::GemvTuning with_pdl = best_t;
+        with_pdl.pdl = 1;
+        try_gemv(with_pdl);
         ctx.set_gemv_tuning({});
-        std::printf("    sweep M=%ld (s0 = auto: %s):%s | best %.2f us %s\n", (long)M,
+        std::printf("    sweep M=%ld (auto: %s):%s | best %.2f us %s\n", (long)M,
                     ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemv).c_str(), line.c_str(), best, best_s.c_str());
       }
     }

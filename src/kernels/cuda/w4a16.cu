@@ -138,6 +138,15 @@ struct W4A16Context::Impl {
     return c;
   }
 
+  // The gemv launch configuration asked for by the tuning hook (zeros = choose).
+  detail::GemvConfig gemv_want() const {
+    const GemvTuning& t = gemv_tuning;
+    detail::GemvConfig c{t.warps, t.split, t.depth, 0};
+    const bool can_pdl = cc_major == 0 || cc_major >= 9;
+    c.pdl = can_pdl && (t.pdl < 0 ? kW4GemvPdlDefault : t.pdl > 0) ? 1 : 0;
+    return c;
+  }
+
   CudaStatus grow(Buffer* b, size_t bytes, bool zero, cudaStream_t stream) {
     if (b->bytes >= bytes) return CudaStatus::ok();
     if (b->ptr) {
@@ -170,12 +179,13 @@ std::string W4A16Context::describe(const W4A16DeviceWeight& w, int64_t M, ActTyp
   const int sms = impl_->sm_count > 0 ? impl_->sm_count : 132;
   if (path == W4Path::kGemv) {
     detail::GemvPlan gp;
-    const detail::GemvConfig gw{impl_->gemv_tuning.r, impl_->gemv_tuning.split};
     if (detail::gemv_plan(static_cast<int>(M), static_cast<int>(w.out), static_cast<int>(w.in),
-                          static_cast<int>(w.group_size), sms, gw, &gp) != cudaSuccess)
+                          static_cast<int>(w.group_size), sms, impl_->gemv_want(), &gp) != cudaSuccess)
       return "gemv (no plan)";
-    return std::string("gemv r=") + std::to_string(gp.cfg.r) + " split=" + std::to_string(gp.cfg.split) +
-           (gp.fold ? " fold" : " unfolded") + " grid=" + std::to_string(gp.grid.x) + "x" + std::to_string(gp.grid.y);
+    return std::string("gemv nt=") + std::to_string(gp.nt) + " warps=" + std::to_string(gp.cfg.warps) +
+           " depth=" + std::to_string(gp.cfg.depth) + " split=" + std::to_string(gp.cfg.split) +
+           (gp.fold ? " fold" : " unfolded") + " grid=" + std::to_string(gp.grid.x) + "x" +
+           std::to_string(gp.grid.y) + (gp.cfg.pdl ? " pdl" : "");
   }
   detail::MmaPlan plan;
   const detail::MmaConfig want = impl_->mma_want();
@@ -230,8 +240,7 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
     }
     if (path == W4Path::kGemv) {
       detail::GemvPlan gp;
-      const detail::GemvConfig gw{impl_->gemv_tuning.r, impl_->gemv_tuning.split};
-      CUDA_CHECK(detail::gemv_plan(Mi, N, K, a.group, impl_->sm_count, gw, &gp));
+      CUDA_CHECK(detail::gemv_plan(Mi, N, K, a.group, impl_->sm_count, impl_->gemv_want(), &gp));
       if (gp.partial_floats) {
         QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->partial, gp.partial_floats * sizeof(float), false, stream));
         QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->counters, gp.counters * sizeof(unsigned), true, stream));

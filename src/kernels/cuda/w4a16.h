@@ -5,10 +5,10 @@
 // (a cudaStream_t). Errors come back as CudaStatus, whose message names the shape, tensor or CUDA call.
 //
 // Paths (chosen once per call, see W4Path):
-//   gemv    - small batch (M <= 8): weight-streaming kernel, 16-byte loads straight to registers, exact integer
-//             dequantisation on the tensor cores with the group scale applied once per group, split-K over
-//             blocks only when the x slice needs it (w4a16_gemv.cu). Correct but slower than mma on H100 so far:
-//             kAuto does not pick it (kW4GemvCrossoverM = 0); ask for it explicitly.
+//   gemv    - small batch (M <= 16): weight-streaming kernel, one small block per 16-row tile, 16-byte loads
+//             straight to a register ring, exact integer dequantisation on the tensor cores with the group scale
+//             applied once per tile, optional split-K and PDL (w4a16_gemv.cu). Correct but not faster than mma
+//             on H100 so far: kAuto does not pick it (kW4GemvCrossoverM = 0); ask for it explicitly.
 //   mma     - tensor-core kernel with the weight as the mma A operand (y^T = W x^T), the activations as B,
 //             cp.async pipeline per warp, split-K inside the block and, when the grid is small, across
 //             blocks. Batch rows go in tiles of 8 (one mma n8), so batch 1-8 costs one pass over W.
@@ -137,9 +137,11 @@ class W4A16Context {
     int pdl = -1;
   };
   void set_mma_tuning(MmaTuning t);
-  // Benchmark / tuning hook for the gemv path: row tiles per warp (1, 2) and K slices over blocks; 0 = built in.
+  // Benchmark / tuning hook for the gemv path: warps per block (4, 8), K slices over blocks, weight tiles in
+  // flight per warp (4, 8), programmatic dependent launch (1 on, 0 off, -1 = built in: kW4GemvPdlDefault);
+  // 0 = built in.
   struct GemvTuning {
-    int r = 0, split = 0;
+    int warps = 0, split = 0, depth = 0, pdl = -1;
   };
   void set_gemv_tuning(GemvTuning t);
 
@@ -148,8 +150,10 @@ class W4A16Context {
 };
 
 // Largest batch the gemv path takes, and the largest kAuto gives it (measured on H100, docs/cuda-kernels.md).
-inline constexpr int64_t kW4GemvMaxM = 8;
+inline constexpr int64_t kW4GemvMaxM = 16;
 inline constexpr int64_t kW4GemvCrossoverM = 0;  // 0: kAuto never picks gemv (it lost to mma on H100)
+// Whether the gemv path uses programmatic dependent launch by default (GemvTuning::pdl = -1).
+inline constexpr bool kW4GemvPdlDefault = false;
 // Whether the mma path uses programmatic dependent launch by default (MmaTuning::pdl = -1). Off: on H100 it
 // saved up to 0.7 us on grids of about one block per SM but cost up to 15% where the next kernel's early blocks
 // landed unevenly on SMs that already held 2-3 blocks (docs/cuda-kernels.md).

@@ -1,24 +1,27 @@
-// W4A16 small-batch kernel (M <= 8): a weight-streaming kernel built to run at memory speed.
+// W4A16 small-batch kernel (M <= 16): a weight-streaming kernel built to keep HBM busy.
 //
-// Why not the mma kernel: at M <= 8 one pass over W is the whole cost, and the mma kernel spent ~130 issued
-// instructions per 512-byte tile per warp (cp.async ring through shared memory, per-tile scale/zero loads,
-// a scale multiply per weight). This kernel:
-//   * reads the weight straight into registers with 16-byte ld.global.nc.L1::no_allocate loads, 8 per lane
-//     in flight (k-steps x R tiles), no shared memory round trip. At M <= 8 the time is a few memory latencies
-//     (~1-2 us loaded) unless each SM keeps ~32-64 KB of loads in flight: 16 warps x 32 lanes x 8 x 16 B;
-//   * stages the block's slice of x once in shared memory (all warps of a block share the same K slice);
-//   * dequantises to the exact integers (code - zero) with one lop3 and one hsub2/hfma2 per pair (no scale),
-//     multiplies them with x on the tensor cores (mma m16n8k16, fp32 accumulation: per instruction that is
-//     256 MACs, 8x fewer issue slots than fp32 FMAs on the CUDA cores), and applies the group scale once per
-//     group and row in fp32. When a 64-column tile can span two groups (g % 64 != 0: g = 16, 32, 48, ...)
-//     the scale is applied per weight as in the mma kernel ("unfolded");
-//   * splits K over blocks only when the x slice would not fit shared memory or the matrix is too short to
-//     give every SM a block; the last block of a row slice then adds the fp32 partials in a fixed order
-//     (deterministic, counters self-reset).
+// Why not the mma kernel at small batch: one pass over W is the whole cost, and the mma kernel's grid (one
+// block of 8 warps per 32 output rows, a 3-4 stage cp.async ring per warp) keeps only ~24-32 KB of loads in
+// flight per SM on the 7B shapes, so each warp spends most of its time on the DRAM round trip (Nsight Compute:
+// long-scoreboard stalls after cp.async.wait, SMs active ~70% of the kernel's time). At ~23 GB/s per SM and
+// ~1 us loaded latency an SM needs >= 24 KB in flight just to break even, and a 7B matrix is only 64 KB per SM.
 //
-// Block = 8 warps over R row tiles (16 R rows) and one K slice (blockIdx.y of gridDim.y); warp w takes the
-// w-th contiguous eighth of the slice's k-steps, kGvLoads / R of them in flight, and the warps' partial sums
-// meet in shared memory (fixed order).
+// This kernel:
+//   * one block (W = 4 or 8 warps) per 16-row tile and K slice (grid.y = split); warp w streams the w-th
+//     contiguous share of the slice. Blocks are small, so a 7B shape gives every SM 2+ blocks (16+ warps);
+//   * weights go straight into registers with 16-byte ld.global.nc.L1::no_allocate loads, D tiles (4 or 8, a
+//     template parameter) in flight per warp in a register ring: the load of tile i + D is issued before tile i
+//     is computed. No shared memory and no barrier in the main loop;
+//   * activations are read per warp with 16-byte __ldg loads two tiles ahead (L1-resident: every block of an SM
+//     reads the same x slice), only for lanes whose batch row exists (M = 1: 4 lanes);
+//   * dequantisation as in the mma kernel (w4a16_device.cuh): exact integers c - z with one lop3 and one
+//     hsub2/hfma2 per pair; the mma runs on them and the group scale is applied once per tile and row in fp32
+//     ("fold", g % 64 == 0), else per weight pair (g = 16, 32, 48). Two partial accumulators per tile halve
+//     the mma dependency chain;
+//   * the warps' sums meet in shared memory in warp order; with split > 1 the last block of a row tile adds the
+//     fp32 partials in split order (deterministic; counters self-reset);
+//   * programmatic dependent launch (optional, GemvConfig::pdl): the weight prologue is issued before
+//     griddepcontrol.wait, the activations after it.
 #include <algorithm>
 
 #include "kernels/cuda/w4a16_device.cuh"
@@ -28,255 +31,178 @@
 namespace qforge::cuda::detail {
 namespace {
 
-constexpr int kGvWarps = 8;
-constexpr int kGvThreads = kGvWarps * 32;
-constexpr int kGvLoads = 8;                  // 16-byte weight loads in flight per lane (k-steps x R)
-constexpr int kGvSmemCap = 96 * 1024;        // x slice per block (opt-in above 48 KB); 2 blocks per SM fit
-constexpr int kGvMaxM = 8;                   // one mma n8 batch tile
-constexpr int kGvRedBytes = kGvWarps * 2 * 16 * 8 * 4 + 16;  // cross-warp reduction (R <= 2), alignment
+constexpr int kGvMaxM = 16;      // two mma n8 batch tiles
+constexpr int kGvMaxWarps = 8;
+// Activation loads this many tiles ahead. Measured on H100 (docs/cuda-kernels.md): putting x in the weight ring
+// at full depth (DX = D) raised registers to 110-243 and was 1.3-2x slower at every shape.
+constexpr int kGvXAhead = 2;
 
 // 16 bytes streamed once: no L1 allocation, 256-byte L2 prefetch (a warp reads 512 contiguous bytes).
 __device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
   uint4 v;
-  // volatile: keeps the prologue loads ahead of the x staging and its barrier (so both latencies overlap).
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p));
   return v;
 }
 
-// Per-lane constants of one group for rows gid (lo) and gid+8 (hi): what to subtract from the magic-number
-// pairs so that they become the exact integers code - zero.
-struct FoldConsts {
-  uint32_t zlo;   // fp16: (1024 + z_lo) pair; bf16: (128 + z_lo) pair
-  uint32_t zhi;   // fp16: -(64 + z_hi) pair (for the x16 nibbles, see dequant_word_int); bf16: (128 + z_hi) pair
-};
-
-template <bool kBF16>
-__device__ __forceinline__ FoldConsts fold_consts(uint32_t zero_pair) {
-  const uint32_t z0 = zero_pair & 15u, z1 = (zero_pair >> 4) & 15u;
-  FoldConsts c;
-  if constexpr (!kBF16) {
-    c.zlo = (0x6400u | z0) * 0x10001u;
-    c.zhi = (0xD400u | (z1 << 4)) * 0x10001u;  // -(64 + z1): 64 = 0x5400, ulp 1/16 there, sign 0x8000
-  } else {
-    c.zlo = (0x4300u | z0) * 0x10001u;
-    c.zhi = (0x4300u | z1) * 0x10001u;
-  }
-  return c;
+// Blocks of 8 warps per SM the register budget is sized for (2: 128 registers per thread, 1: 255).
+template <int NT, int D>
+constexpr int gemv_min_blocks() {
+  return (NT == 2 && D == 8) ? 1 : 2;
 }
 
-// One packed word -> the four mma A registers of one k-step as exact integers code - zero (layout in
-// w4a16_layout.h: register j = nibbles j, j+4). fp16: nibbles 1, 5 (3, 7) are masked in place as 1024 + 16c
-// and brought to c - z by one exact hfma2 (x 1/16, - (64 + z)), which saves three shifts per word.
-template <bool kBF16>
-__device__ __forceinline__ void dequant_word_int(uint32_t w, const FoldConsts& c, uint32_t a[4]) {
-  if constexpr (!kBF16) {
-    const uint32_t w8 = w >> 8;
-    const uint32_t v0 = lop3_and_or(w, 0x000F000Fu, 0x64006400u);
-    const uint32_t v1 = lop3_and_or(w, 0x00F000F0u, 0x64006400u);
-    const uint32_t v2 = lop3_and_or(w8, 0x000F000Fu, 0x64006400u);
-    const uint32_t v3 = lop3_and_or(w8, 0x00F000F0u, 0x64006400u);
-    const uint32_t sixteenth = 0x2C002C00u;  // 1/16
-    const __half2 zlo = *reinterpret_cast<const __half2*>(&c.zlo), zhi = *reinterpret_cast<const __half2*>(&c.zhi);
-    const __half2 k = *reinterpret_cast<const __half2*>(&sixteenth);
-    __half2 h0 = __hsub2(*reinterpret_cast<const __half2*>(&v0), zlo);
-    __half2 h1 = __hfma2(*reinterpret_cast<const __half2*>(&v1), k, zhi);
-    __half2 h2 = __hsub2(*reinterpret_cast<const __half2*>(&v2), zlo);
-    __half2 h3 = __hfma2(*reinterpret_cast<const __half2*>(&v3), k, zhi);
-    a[0] = *reinterpret_cast<uint32_t*>(&h0);
-    a[1] = *reinterpret_cast<uint32_t*>(&h1);
-    a[2] = *reinterpret_cast<uint32_t*>(&h2);
-    a[3] = *reinterpret_cast<uint32_t*>(&h3);
-  } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t v = lop3_and_or(w >> (4 * j), 0x000F000Fu, 0x43004300u);
-      const uint32_t z = (j & 1) ? c.zhi : c.zlo;
-      __nv_bfloat162 h =
-          __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), *reinterpret_cast<const __nv_bfloat162*>(&z));
-      a[j] = *reinterpret_cast<uint32_t*>(&h);
-    }
-  }
-}
-
-__device__ __forceinline__ int group_of(int col, int group, int shift) { return shift >= 0 ? col >> shift : col / group; }
-
-template <bool kBF16, bool kFold, int R>
-__global__ void __launch_bounds__(kGvThreads, 2) w4a16_gemv_kernel(MmaArgs a) {
+template <bool kBF16, bool kFold, int NT, int D>
+__global__ void __launch_bounds__(kGvMaxWarps * 32, gemv_min_blocks<NT, D>()) w4a16_gemv_kernel(MmaArgs a) {
   using T = typename Act<kBF16>::T;
-  constexpr int D = kGvLoads / R;  // k-steps in flight per warp
-  // Shared memory: x slice [M][cols + 8] 16-bit (rows padded by 16 B: no bank conflicts), then the
-  // cross-warp reduction [warps][R * 16 rows][8 batch] fp32.
-  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int DX = kGvXAhead;
+  static_assert(D % DX == 0, "the x ring slot of tile base + s must be s % DX");
+  constexpr int RS = NT * 8 + 1;  // reduction row stride (floats)
+  __shared__ float red[kGvMaxWarps * w4::kTileN * RS];
   __shared__ int is_last;
 
+  const int W = blockDim.x >> 5;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tid = lane & 3;
-  const int NT = a.N / w4::kTileN, KT = a.K / w4::kTileK;
+  const int KT = a.K / w4::kTileK;
   const int split = gridDim.y;
-  const int k0 = static_cast<int>(static_cast<int64_t>(KT) * blockIdx.y / split);
-  const int k1 = static_cast<int>(static_cast<int64_t>(KT) * (blockIdx.y + 1) / split);
-  const int cols = (k1 - k0) * w4::kTileK;
-  const int row_bytes = cols * 2 + 16;
-  // This warp's contiguous share of the block's k-steps (block-relative step indices).
-  const int i0 = (k1 - k0) * warp / kGvWarps, i1 = (k1 - k0) * (warp + 1) / kGvWarps;
-  const int n = i1 - i0;
+  const int kb0 = static_cast<int>(static_cast<int64_t>(KT) * blockIdx.y / split);
+  const int kb1 = static_cast<int>(static_cast<int64_t>(KT) * (blockIdx.y + 1) / split);
+  const int i0 = kb0 + (kb1 - kb0) * warp / W;                 // first K tile of this warp
+  const int n = kb0 + (kb1 - kb0) * (warp + 1) / W - i0;       // K tiles of this warp
+  const int nb = blockIdx.x;                                   // 16-row tile
   const bool asym = a.zeros != nullptr;
 
-  int nb[R];
-  bool valid[R];
+  const uint4* wp = static_cast<const uint4*>(a.qweight) + (static_cast<int64_t>(nb) * KT + i0) * 32 + lane;
+  const T* xp[NT];
+  bool xok[NT];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int t = blockIdx.x * R + r;
-    valid[r] = t < NT;
-    nb[r] = valid[r] ? t : NT - 1;  // out-of-range tiles re-read the last tile and are never written
+  for (int j = 0; j < NT; ++j) {
+    const int m = 8 * j + gid;
+    xok[j] = m < a.M;
+    xp[j] = static_cast<const T*>(a.x) + static_cast<int64_t>(xok[j] ? m : 0) * a.K + i0 * w4::kTileK + 16 * tid;
   }
-  const uint4* qw = static_cast<const uint4*>(a.qweight);
-  const uint4* wp[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) wp[r] = qw + (static_cast<int64_t>(nb[r]) * KT + k0 + i0) * 32 + lane;
+  const uint32_t* sp = a.scales + nb * 8 + gid;
+  const uint32_t* zp = asym ? a.zeros + nb * 2 + gid / 4 : nullptr;
+  const int64_t s_stride = a.N / 2, z_stride = a.N / 8;
+  const int kcol0 = i0 * w4::kTileK + 16 * tid;  // first kernel column of this lane's 16 in tile i0
+  const uint32_t zshift = 8 * (gid & 3);
 
-  // Ring of D k-steps: weights, scale pairs and zero words (registers; slots are compile-time indices).
-  uint4 wv[D][R];
-  uint32_t sv[D][R], zv[D][R];
-  auto load = [&](int slot, int i) {  // i: warp-relative step
+  // Register rings: weights, scale pair and zero byte pair D tiles deep, activations DX tiles deep.
+  uint4 wv[D];
+  uint32_t sv[D], zv[D];
+  uint4 xv[DX][NT][2];
+  auto load_w = [&](int s, int i) {
+    wv[s] = ld_stream16(wp + i * 32);
+    const int col = kcol0 + i * w4::kTileK;
+    const int grp = a.group_shift >= 0 ? (col >> a.group_shift) : col / a.group;
+    sv[s] = __ldg(sp + grp * s_stride);
+    zv[s] = asym ? __ldg(zp + grp * z_stride) >> zshift : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
+  };
+  auto load_x = [&](int s, int i) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) wv[slot][r] = ld_stream16(wp[r] + i * 32);
-    const int col = (k0 + i0 + i) * w4::kTileK + (kFold ? 0 : 16 * tid);
-    const int grp = group_of(col, a.group, a.group_shift);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      sv[slot][r] = __ldg(a.scales + static_cast<int64_t>(grp) * (a.N / 2) + nb[r] * 8 + gid);
-      zv[slot][r] = asym ? (__ldg(a.zeros + static_cast<int64_t>(grp) * (a.N / 8) + nb[r] * 2 + gid / 4) >> (8 * (gid & 3))) & 0xFFu
-                         : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
+    for (int j = 0; j < NT; ++j) {
+      if (xok[j]) {
+        const uint4* p = reinterpret_cast<const uint4*>(xp[j] + i * w4::kTileK);
+        xv[s][j][0] = __ldg(p);
+        xv[s][j][1] = __ldg(p + 1);
+      } else {
+        xv[s][j][0] = xv[s][j][1] = make_uint4(0, 0, 0, 0);
+      }
     }
   };
+
+  // Prologue: weights before the wait for the previous kernel (PDL; a no-op otherwise), activations after.
 #pragma unroll
   for (int s = 0; s < D; ++s)
-    if (s < n) load(s, s);
+    if (s < n) load_w(s, s);
+  grid_dependency_wait();
+#pragma unroll
+  for (int s = 0; s < DX; ++s)
+    if (s < n) load_x(s, s);
 
-  // Stage x[0..M)[k0*64 .. k1*64) while the weight loads are in flight: 8 loads per thread, then 8 stores.
-  {
-    const T* x = static_cast<const T*>(a.x);
-    const int chunks = cols / 8;  // 16-byte chunks per row
-    const int total = a.M * chunks;
-    for (int base = 0; base < total; base += 8 * kGvThreads) {
-      uint4 v[8];
+  float acc[NT][4], acc2[NT][4];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int e = base + j * kGvThreads + threadIdx.x;
-        if (e < total) {
-          const int m = e / chunks, c = e - m * chunks;
-          v[j] = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(m) * a.K + k0 * w4::kTileK) + c);
-        }
-      }
+  for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int e = base + j * kGvThreads + threadIdx.x;
-        if (e < total) {
-          const int m = e / chunks, c = e - m * chunks;
-          *reinterpret_cast<uint4*>(smem + m * row_bytes + c * 16) = v[j];
-        }
-      }
-    }
-  }
-  __syncthreads();
-
-  float acc[R][4], accg[R][4];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[r][i] = accg[r][i] = 0.f;
-  FoldConsts fc[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) fc[r] = FoldConsts{0, 0};
-  int cur_grp = -1;
-  const bool has_x = gid < a.M;
-  const unsigned char* xrow = smem + gid * row_bytes + tid * 32 + i0 * 128;
+    for (int q = 0; q < 4; ++q) acc[j][q] = acc2[j][q] = 0.f;
 
   for (int base = 0; base < n; base += D) {
 #pragma unroll
     for (int s = 0; s < D; ++s) {
       const int i = base + s;
       if (i >= n) break;
-      uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-      if (has_x) {
-        x0 = *reinterpret_cast<const uint4*>(xrow + i * 128);
-        x1 = *reinterpret_cast<const uint4*>(xrow + i * 128 + 16);
+      // Compute tile i from the ring slots, then refill them (tiles i + D and i + DX): D - 1 weight tiles stay
+      // in flight while this one is computed, with no second copy of the slot in registers.
+      const uint4 w = wv[s];
+      const uint32_t sc = sv[s], zc = zv[s];
+      const uint4(&xc)[NT][2] = xv[s % DX];
+      const TileConsts tc = tile_consts<kBF16, kFold>(sc, zc);
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      float p0[NT][4], p1[NT][4];  // kFold: this tile's sums over exact integer weights (even / odd k-steps)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        uint32_t af[4];
+        dequant_word2<kBF16, kFold>(words[t], tc, af);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          // Lane's 16 activation columns as 8 words; step t uses words 2t and 2t+1.
+          const uint4& p = xc[j][t >> 1];
+          const uint32_t b0 = (t & 1) ? p.z : p.x;
+          const uint32_t b1 = (t & 1) ? p.w : p.y;
+          if constexpr (kFold) {
+            if (t == 0) mma_16816_z<kBF16>(p0[j], af, b0, b1);
+            else if (t == 1) mma_16816_z<kBF16>(p1[j], af, b0, b1);
+            else mma_16816_nv<kBF16>((t & 1) ? p1[j] : p0[j], af, b0, b1);
+          } else {
+            mma_16816_nv<kBF16>((t & 1) ? acc2[j] : acc[j], af, b0, b1);
+          }
+        }
       }
-      const uint32_t xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
       if constexpr (kFold) {
-        const int col = (k0 + i0 + i) * w4::kTileK;
-        const int grp = group_of(col, a.group, a.group_shift);
-        const bool start = grp != cur_grp;
-        const bool end = i == n - 1 || group_of(col + w4::kTileK, a.group, a.group_shift) != grp;
-        cur_grp = grp;
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          if (start) fc[r] = fold_consts<kBF16>(zv[s][r]);
-          const uint32_t words[4] = {wv[s][r].x, wv[s][r].y, wv[s][r].z, wv[s][r].w};
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            uint32_t af[4];
-            dequant_word_int<kBF16>(words[t], fc[r], af);
-            mma_16816<kBF16>(accg[r], af, xw[2 * t], xw[2 * t + 1]);
-          }
-          if (end) {  // scale once per group and row, in fp32
-            const float s_lo = __half2float(__ushort_as_half(static_cast<unsigned short>(sv[s][r] & 0xFFFFu)));
-            const float s_hi = __half2float(__ushort_as_half(static_cast<unsigned short>(sv[s][r] >> 16)));
-            acc[r][0] = fmaf(s_lo, accg[r][0], acc[r][0]);
-            acc[r][1] = fmaf(s_lo, accg[r][1], acc[r][1]);
-            acc[r][2] = fmaf(s_hi, accg[r][2], acc[r][2]);
-            acc[r][3] = fmaf(s_hi, accg[r][3], acc[r][3]);
-#pragma unroll
-            for (int q = 0; q < 4; ++q) accg[r][q] = 0.f;
-          }
-        }
-      } else {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const GroupConsts gc = group_consts<kBF16>(sv[s][r], zv[s][r]);
-          const uint32_t words[4] = {wv[s][r].x, wv[s][r].y, wv[s][r].z, wv[s][r].w};
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            uint32_t af[4];
-            dequant_word<kBF16>(words[t], gc, af);
-            mma_16816<kBF16>(acc[r], af, xw[2 * t], xw[2 * t + 1]);
-          }
+        for (int j = 0; j < NT; ++j) {
+          acc[j][0] = fmaf(tc.f0, p0[j][0] + p1[j][0], acc[j][0]);
+          acc[j][1] = fmaf(tc.f0, p0[j][1] + p1[j][1], acc[j][1]);
+          acc[j][2] = fmaf(tc.f1, p0[j][2] + p1[j][2], acc[j][2]);
+          acc[j][3] = fmaf(tc.f1, p0[j][3] + p1[j][3], acc[j][3]);
         }
       }
-      if (i + D < n) load(s, i + D);
+      if (i + D < n) load_w(s, i + D);
+      if (i + DX < n) load_x(s % DX, i + DX);
     }
   }
+  // The next kernel in the stream (PDL) may start its weight prologue now.
+  grid_dependency_launch();
+  if constexpr (!kFold) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[j][q] += acc2[j][q];
+  }
 
-  // Sum the warps' partials in warp order: red[warp][row (R * 16)][batch (8)].
-  // acc[r]: {0, 1} = row r*16 + gid, batch 2tid / 2tid+1; {2, 3} = row + 8.
-  constexpr int kRows = R * w4::kTileN;
-  float* red = reinterpret_cast<float*>(smem + ((static_cast<size_t>(a.M) * row_bytes + 15) & ~size_t{15}));
+  // Sum the warps' partials in warp order: red[warp][row 0..15][batch 0..NT*8).
+  // acc[j]: {0, 1} = row gid, batch 8j + 2tid (+1); {2, 3} = row gid + 8.
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+  for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int m = 2 * tid + (q & 1), row = r * w4::kTileN + gid + 8 * (q >> 1);
-      red[(warp * kRows + row) * 8 + m] = acc[r][q];
-    }
+    for (int q = 0; q < 4; ++q)
+      red[(warp * w4::kTileN + gid + 8 * (q >> 1)) * RS + 8 * j + 2 * tid + (q & 1)] = acc[j][q];
   __syncthreads();
   T* y = static_cast<T*>(a.y);
-  const int row0 = blockIdx.x * kRows;
-  const int rows = min(kRows, a.N - row0);
-  for (int e = threadIdx.x; e < rows * a.M; e += kGvThreads) {
-    const int m = e / rows, rl = e - m * rows;
+  const int n_base = nb * w4::kTileN;
+  const int outs = w4::kTileN * a.M;
+  for (int e = threadIdx.x; e < outs; e += blockDim.x) {
+    const int nl = e & 15, m = e >> 4;
     float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < kGvWarps; ++w) v += red[(w * kRows + rl) * 8 + m];
+    for (int ww = 0; ww < W; ++ww) v += red[(ww * w4::kTileN + nl) * RS + m];
     if (split == 1)
-      y[static_cast<int64_t>(m) * a.N + row0 + rl] = Act<kBF16>::from_float(v);
+      y[static_cast<int64_t>(m) * a.N + n_base + nl] = Act<kBF16>::from_float(v);
     else
-      a.partial[(static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + row0 + rl] = v;
+      a.partial[(static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + n_base + nl] = v;
   }
   if (split == 1) return;
 
-  // Split-K: the last block of this row slice adds the partials in blockIdx.y order.
+  // Split-K: the last block of this row tile adds the partials in blockIdx.y order.
   __threadfence();
   __syncthreads();
   unsigned* counter = a.counters + blockIdx.x;
@@ -284,35 +210,46 @@ __global__ void __launch_bounds__(kGvThreads, 2) w4a16_gemv_kernel(MmaArgs a) {
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  for (int e = threadIdx.x; e < rows * a.M; e += kGvThreads) {
-    const int m = e / rows, row = row0 + e % rows;
+  for (int e = threadIdx.x; e < outs; e += blockDim.x) {
+    const int nl = e & 15, m = e >> 4;
     float v = 0.f;
-    for (int z = 0; z < split; ++z) v += __ldcg(a.partial + (static_cast<int64_t>(z) * a.M + m) * a.N + row);
-    y[static_cast<int64_t>(m) * a.N + row] = Act<kBF16>::from_float(v);
+    for (int z = 0; z < split; ++z)
+      v += __ldcg(a.partial + (static_cast<int64_t>(z) * a.M + m) * a.N + n_base + nl);
+    y[static_cast<int64_t>(m) * a.N + n_base + nl] = Act<kBF16>::from_float(v);
   }
   if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
-template <bool kBF16, bool kFold, int R>
+template <bool kBF16, bool kFold, int NT, int D>
 cudaError_t launch_gemv(const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream) {
-  auto kernel = w4a16_gemv_kernel<kBF16, kFold, R>;
-  static bool attr_set = false;  // per instantiation; harmless if two threads race to set it
-  if (!attr_set) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGvSmemCap + kGvRedBytes);
-    if (e != cudaSuccess) return e;
-    attr_set = true;
-  }
-  kernel<<<plan.grid, kGvThreads, plan.smem, stream>>>(args);
-  return cudaGetLastError();
+  auto kernel = w4a16_gemv_kernel<kBF16, kFold, NT, D>;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = plan.grid;
+  cfg.blockDim = dim3(plan.cfg.warps * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = plan.cfg.pdl > 0 ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args);
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 template <bool kBF16, bool kFold>
-cudaError_t dispatch_gemv_r(const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream) {
-  switch (plan.cfg.r) {
-    case 1: return launch_gemv<kBF16, kFold, 1>(plan, args, stream);
-    case 2: return launch_gemv<kBF16, kFold, 2>(plan, args, stream);
-    default: return cudaErrorInvalidValue;
-  }
+cudaError_t dispatch_gemv(const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream) {
+  const int nt = plan.nt, d = plan.cfg.depth;
+  if (nt == 1 && d == 4) return launch_gemv<kBF16, kFold, 1, 4>(plan, args, stream);
+  if (nt == 1 && d == 8) return launch_gemv<kBF16, kFold, 1, 8>(plan, args, stream);
+  if (nt == 2 && d == 4) return launch_gemv<kBF16, kFold, 2, 4>(plan, args, stream);
+  if (nt == 2 && d == 8) return launch_gemv<kBF16, kFold, 2, 8>(plan, args, stream);
+  return cudaErrorInvalidValue;
+}
+
+template <int NT, int D>
+cudaError_t gemv_occupancy(int warps, int* blocks) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, w4a16_gemv_kernel<false, true, NT, D>, warps * 32, 0);
 }
 
 }  // namespace
@@ -322,33 +259,39 @@ int gemv_max_m() { return kGvMaxM; }
 cudaError_t gemv_plan(int M, int N, int K, int group, int sm_count, GemvConfig want, GemvPlan* plan) {
   if (M < 1 || M > kGvMaxM || N % w4::kTileN || K % w4::kTileK || group <= 0) return cudaErrorInvalidValue;
   GemvConfig c = want;
-  const int NT = N / w4::kTileN, KT = K / w4::kTileK;
+  const int nt = M <= 8 ? 1 : 2;
+  const int NTR = N / w4::kTileN, KT = K / w4::kTileK;
   const int sms = std::max(sm_count, 1);
-  // Defaults from the H100 sweep (docs/cuda-kernels.md): two row tiles per block unless that leaves under
-  // half the SMs a block; split K only as far as the x slice needs (splitting further always lost).
-  if (c.r == 0) c.r = 2 * ((NT + 1) / 2) >= sms ? 2 : 1;
-  if (c.r != 1 && c.r != 2) return cudaErrorInvalidValue;
-  const int RB = (NT + c.r - 1) / c.r;
-  // The x slice must fit the shared-memory cap: at most max_tiles k-tiles per block.
-  const int max_tiles = std::max(1, (kGvSmemCap / M - 16) / (2 * w4::kTileK));
-  const int s_fit = (KT + max_tiles - 1) / max_tiles;
-  if (c.split == 0) c.split = s_fit;
-  c.split = std::max(s_fit, std::min(c.split, KT));
+  // Defaults from the H100 sweep (docs/cuda-kernels.md).
+  if (c.depth == 0) c.depth = 4;
+  if (c.depth != 4 && c.depth != 8) return cudaErrorInvalidValue;
+  if (c.warps == 0) c.warps = nt == 1 && KT >= 16 ? 8 : 4;
+  if (c.warps != 4 && c.warps != 8) return cudaErrorInvalidValue;
+  if (c.split == 0) {
+    // Split K over blocks only while the row tiles alone leave resident block slots empty, and not below
+    // two K tiles per warp (the fix-up costs a partial round trip at the end).
+    int occ = 0;
+    cudaError_t e = cudaSuccess;
+    if (nt == 1) e = c.depth == 4 ? gemv_occupancy<1, 4>(c.warps, &occ) : gemv_occupancy<1, 8>(c.warps, &occ);
+    else e = c.depth == 4 ? gemv_occupancy<2, 4>(c.warps, &occ) : gemv_occupancy<2, 8>(c.warps, &occ);
+    if (e != cudaSuccess) return e;
+    const int resident = sms * std::max(occ, 1);
+    c.split = std::max(1, std::min(resident / NTR, KT / (2 * c.warps)));
+  }
+  c.split = std::max(1, std::min(c.split, KT));
   plan->cfg = c;
+  plan->nt = nt;
   plan->fold = group % w4::kTileK == 0;
-  plan->grid = dim3(RB, c.split, 1);
-  const int tiles = (KT + c.split - 1) / c.split;
-  plan->smem = ((static_cast<size_t>(M) * (tiles * w4::kTileK * 2 + 16) + 15) & ~size_t{15}) +
-               static_cast<size_t>(kGvWarps) * c.r * w4::kTileN * 8 * sizeof(float);
+  plan->grid = dim3(NTR, c.split, 1);
   plan->partial_floats = c.split > 1 ? static_cast<size_t>(c.split) * M * N : 0;
-  plan->counters = c.split > 1 ? static_cast<size_t>(RB) : 0;
+  plan->counters = c.split > 1 ? static_cast<size_t>(NTR) : 0;
   if (c.split > 65535) return cudaErrorInvalidConfiguration;
   return cudaSuccess;
 }
 
 cudaError_t gemv_launch(bool bf16, const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream) {
-  if (bf16) return plan.fold ? dispatch_gemv_r<true, true>(plan, args, stream) : dispatch_gemv_r<true, false>(plan, args, stream);
-  return plan.fold ? dispatch_gemv_r<false, true>(plan, args, stream) : dispatch_gemv_r<false, false>(plan, args, stream);
+  if (bf16) return plan.fold ? dispatch_gemv<true, true>(plan, args, stream) : dispatch_gemv<true, false>(plan, args, stream);
+  return plan.fold ? dispatch_gemv<false, true>(plan, args, stream) : dispatch_gemv<false, false>(plan, args, stream);
 }
 
 }  // namespace qforge::cuda::detail

@@ -42,16 +42,17 @@ struct MmaPlan {
 cudaError_t mma_plan(bool bf16, int M, int N, int K, int sm_count, MmaConfig want, MmaPlan* plan);
 cudaError_t mma_launch(bool bf16, const MmaPlan& plan, const MmaArgs& args, cudaStream_t stream);
 
-// Small-batch weight-streaming kernel (w4a16_gemv.cu), M <= gemv_max_m(): r row tiles per warp (1 or 2),
-// split = K slices over blocks (grid.y); 0 = choose.
+// Small-batch weight-streaming kernel (w4a16_gemv.cu), M <= gemv_max_m(): one block of `warps` (4 or 8) per
+// 16-row tile and K slice, split = K slices over blocks (grid.y), depth = weight tiles in flight per warp
+// (4 or 8), pdl = programmatic dependent launch (1 on); 0 = choose.
 struct GemvConfig {
-  int r = 0, split = 0;
+  int warps = 0, split = 0, depth = 0, pdl = 0;
 };
 struct GemvPlan {
   GemvConfig cfg;
   dim3 grid;
-  bool fold = false;          // group % 64 == 0: scales applied once per group (else per weight)
-  size_t smem = 0;            // x slice in shared memory
+  int nt = 1;                 // mma n8 batch tiles (1: M <= 8, 2: M <= 16)
+  bool fold = false;          // group % 64 == 0: scales applied once per tile (else per weight)
   size_t partial_floats = 0;  // workspace needed (split > 1)
   size_t counters = 0;
 };

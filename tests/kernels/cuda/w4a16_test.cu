@@ -332,21 +332,26 @@ void test_variants(W4A16Context& ctx, bool quick) {
     }
   ctx.set_mma_tuning({});
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
-  // Every gemv shape and forced K split (uneven slices, one-step slices, row tiles past N), with the scale
-  // folded per group (g64) and per weight (g32), fp16 and bf16.
+  // Every gemv block shape (warps x ring depth) and forced K split (uneven slices, one-step slices, warps with
+  // no tile, partial rings), with the scale folded per tile (g64) and per weight (g32), fp16 and bf16, at batch
+  // sizes on both sides of the n8 tile (nt = 1, 2), with and without PDL.
   const int64_t gn = quick ? 80 : 1552, gk = quick ? 576 : 1600;  // 5 / 97 row tiles, 9 / 25 K tiles
-  std::printf("gemv shapes (r, split) on [%ld, %ld]:\n", (long)gn, (long)gk);
+  std::printf("gemv shapes (warps, depth, split) on [%ld, %ld]:\n", (long)gn, (long)gk);
   for (int64_t g : {64, 32}) {
     const Quant qg = make_quant(gn, gk, g, false, true, rng);
     for (ActType act : {ActType::kF16, ActType::kBF16})
-      for (int r : {1, 2})
-        for (int split : {1, 3, 7, static_cast<int>(gk / 64)}) {
-          ctx.set_gemv_tuning({r, split});
-          check_weight(ctx, qg, act, {1, 3, 8}, {W4Path::kGemv},
-                       std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" + std::to_string(g) +
-                           " r=" + std::to_string(r) + " split=" + std::to_string(split),
-                       rng, 1 << 30, false);
-        }
+      for (int warps : {4, 8})
+        for (int depth : {4, 8})
+          for (int split : {1, 3, 7, static_cast<int>(gk / 64)}) {
+            const int pdl = split == 3 ? 1 : 0;
+            ctx.set_gemv_tuning({warps, split, depth, pdl});
+            check_weight(ctx, qg, act, quick ? std::vector<int64_t>{1, 9} : std::vector<int64_t>{1, 3, 8, 9, 16},
+                         {W4Path::kGemv},
+                         std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" + std::to_string(g) +
+                             " warps=" + std::to_string(warps) + " depth=" + std::to_string(depth) +
+                             " split=" + std::to_string(split) + (pdl ? " pdl" : ""),
+                         rng, 1 << 30, false);
+          }
   }
   ctx.set_gemv_tuning({});
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
