@@ -209,18 +209,36 @@ float pattern(int64_t i) {
 }
 
 // max |y - y_ref| / ((in + 5) eps sum|x w|) over M x out; <= 1 passes (the bound of tests/kernels/w4a16_test.cpp).
-double w4_validate(const W4Weight& w, int64_t M) {
+// bf16 = true: bf16 activations through w4_linear_bf16. The vdpbf16ps kernel (avx512bf16) sums code * x and
+// zero * x separately in f32: the bound uses (code + |zero|) * scale per weight. The AMX kernel rounds each
+// weight to bf16: the bound adds 2^-9 sum |w x|.
+double w4_validate(const W4Weight& w, int64_t M, bool bf16 = false) {
   std::vector<float> x(size_t(M * w.in)), y(size_t(M * w.out)), yr(size_t(M * w.out));
-  for (int64_t i = 0; i < M * w.in; ++i) x[size_t(i)] = pattern(i + 7);
-  w4_linear(x.data(), M, w.in, w, nullptr, y.data(), w.out);
+  std::vector<uint16_t> xb(x.size());
+  for (int64_t i = 0; i < M * w.in; ++i) {
+    xb[size_t(i)] = f32_to_bf16(pattern(i + 7));
+    x[size_t(i)] = bf16 ? bf16_to_f32(xb[size_t(i)]) : pattern(i + 7);
+  }
+  if (bf16) w4_linear_bf16(xb.data(), M, w.in, w, nullptr, y.data(), w.out);
+  else w4_linear(x.data(), M, w.in, w, nullptr, y.data(), w.out);
   w4_linear_ref(x.data(), M, w.in, w, nullptr, yr.data(), w.out);
   const std::vector<float> d = w4_dequantize(w);
+  const std::vector<uint8_t> codes = w4_unpack_codes(w);
+  const int64_t G = w.n_groups();
+  const bool amx = bf16 && w4_active_isa() == CpuIsa::kAmx;
   double worst = 0;
   for (int64_t o = 0; o < w.out; ++o)
     for (int64_t m = 0; m < M; ++m) {
       double ad = 0;
-      for (int64_t k = 0; k < w.in; ++k) ad += std::fabs(double(x[size_t(m * w.in + k)]) * d[size_t(o * w.in + k)]);
-      const double bound = double(w.in + 5) * kF32Eps * ad;
+      for (int64_t k = 0; k < w.in; ++k) {
+        // make_w4 has no act-order permutation: kernel column k is input column k.
+        const double s = fp16_to_f32(w.scales[size_t(o * G + k / w.group_size)]);
+        const double z = std::fabs(w.zeros[size_t(o * G + k / w.group_size)]);
+        const double mag = bf16 && !amx ? (double(codes[size_t(o * w.in + k)]) + z) * s : std::fabs(d[size_t(o * w.in + k)]);
+        ad += std::fabs(double(x[size_t(m * w.in + k)])) * mag;
+      }
+      // The AMX kernel multiplies with the weights rounded to bf16 (relative error <= 2^-9 each).
+      const double bound = (double(w.in + 5) * kF32Eps + (amx ? 0x1p-9 : 0.0)) * ad;
       worst = std::max(worst, std::fabs(double(y[size_t(m * w.out + o)]) - yr[size_t(m * w.out + o)]) / bound);
     }
   return worst;
@@ -306,7 +324,7 @@ int main(int argc, char** argv) {
   struct Row {
     std::string shape;
     int64_t M;
-    double i4_us, i4_gbs, f32_us, f32_gbs, bf_us, bf_gbs;
+    double i4_us, i4_gbs, i4b_us, i4b_gbs, f32_us, f32_gbs, bf_us, bf_gbs;
   };
   std::vector<Row> rows;
 
@@ -317,7 +335,10 @@ int main(int argc, char** argv) {
     const bool big = out * in >= 4096 * 4096;
     std::vector<int64_t> Ms = {1};
     if (big) Ms = {1, 4, 16};
-    for (int64_t M : Ms) check(w4_validate(w0, M), fmt::format("int4 M={} vs w4_linear_ref", M).c_str());
+    for (int64_t M : Ms) {
+      check(w4_validate(w0, M), fmt::format("int4 M={} vs w4_linear_ref", M).c_str());
+      check(w4_validate(w0, M, true), fmt::format("int4 bf16-activation M={} vs w4_linear_ref", M).c_str());
+    }
 
     // Copies of the weights, each in its own allocation, totalling >= rotate_bytes.
     const int64_t n_i4 = std::max<int64_t>(2, (rotate_bytes + w0.bytes() - 1) / w0.bytes());
@@ -328,6 +349,8 @@ int main(int argc, char** argv) {
 
     std::vector<float> x(size_t(16 * in)), y(size_t(16 * out));
     for (int64_t i = 0; i < 16 * in; ++i) x[size_t(i)] = pattern(i + 3);
+    std::vector<uint16_t> xh(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xh[i] = f32_to_bf16(x[i]);
 
     // int4. OpenBLAS threads spin-yield for a while after a BLAS call; let them go to sleep first.
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -335,6 +358,12 @@ int main(int argc, char** argv) {
     for (int64_t M : Ms)
       i4_t.push_back(median_seconds([&](int r) {
         w4_linear(x.data(), M, in, w4s[size_t(r % n_i4)], nullptr, y.data(), out);
+        benchmark::DoNotOptimize(y.data());
+      }));
+    std::vector<double> i4b_t;  // int4 weights, bf16 activations (W4A16 proper)
+    for (int64_t M : Ms)
+      i4b_t.push_back(median_seconds([&](int r) {
+        w4_linear_bf16(xh.data(), M, in, w4s[size_t(r % n_i4)], nullptr, y.data(), out);
         benchmark::DoNotOptimize(y.data());
       }));
     w4s.clear();
@@ -384,23 +413,33 @@ int main(int argc, char** argv) {
     }
     for (size_t i = 0; i < Ms.size(); ++i) {
       const double wb = double(w0.bytes());
-      rows.push_back({fmt::format("{}x{}", out, in), Ms[i], i4_t[i] * 1e6, wb / i4_t[i] / 1e9, f32_t[i] * 1e6,
+      rows.push_back({fmt::format("{}x{}", out, in), Ms[i], i4_t[i] * 1e6, wb / i4_t[i] / 1e9, i4b_t[i] * 1e6,
+                      wb / i4b_t[i] / 1e9, f32_t[i] * 1e6,
                       4.0 * double(mat) / f32_t[i] / 1e9, Ms[i] == 1 ? bf_t * 1e6 : 0.0,
                       Ms[i] == 1 ? 2.0 * double(mat) / bf_t / 1e9 : 0.0});
     }
   }
 
   fmt::print("\nGB/s = weight bytes streamed per call / median time (int4: W4Weight::bytes(), codes + fp16 "
-             "scales/zeros). %read = int4 GB/s / read-only bandwidth, %copy = / STREAM copy.\n");
-  fmt::print("{:<11} {:>3} | {:>9} {:>7} {:>6} {:>6} | {:>9} {:>7} | {:>9} {:>7} | {:>7} {:>7}\n", "out x in", "M",
-             "int4 us", "GB/s", "%read", "%copy", "f32 us", "GB/s", "bf16 us", "GB/s", "vs f32", "vs bf16");
+             "scales + f32 zeros). %read = int4 GB/s / read-only bandwidth, %copy = / STREAM copy.\n"
+             "int4 x f32: f32 activations (w4_linear); int4 x bf16: bf16 activations (w4_linear_bf16, {} kernel).\n"
+             "f32 / bf16: dense weights of that type (OpenBLAS sgemv/sgemm; bf16 GEMV of this file). "
+             "vs f32 / vs bf16: the faster int4 column's speedup.\n",
+             w4_active_isa() == CpuIsa::kAmx          ? "AMX tiles"
+             : w4_active_isa() == CpuIsa::kAvx512Bf16 ? "vdpbf16ps"
+                                                      : "f32 after conversion");
+  fmt::print("{:<11} {:>3} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>9} {:>7} | {:>9} {:>7} | {:>7} {:>7}\n",
+             "out x in", "M", "i4xf32 us", "GB/s", "%copy", "i4xbf us", "GB/s", "%copy", "f32 us", "GB/s", "bf16 us",
+             "GB/s", "vs f32", "vs bf16");
   for (const Row& r : rows) {
     const std::string bf_us = r.bf_us > 0 ? fmt::format("{:.1f}", r.bf_us) : "-";
     const std::string bf_gbs = r.bf_us > 0 ? fmt::format("{:.1f}", r.bf_gbs) : "-";
-    const std::string vs_bf = r.bf_us > 0 ? fmt::format("{:.2f}x", r.bf_us / r.i4_us) : "-";
-    fmt::print("{:<11} {:>3} | {:>9.1f} {:>7.1f} {:>5.0f}% {:>5.0f}% | {:>9.1f} {:>7.1f} | {:>9} {:>7} | {:>6.2f}x {:>7}\n",
-               r.shape, r.M, r.i4_us, r.i4_gbs, 100 * r.i4_gbs / bw.read_gbs, 100 * r.i4_gbs / bw.copy_gbs, r.f32_us,
-               r.f32_gbs, bf_us, bf_gbs, r.f32_us / r.i4_us, vs_bf);
+    const double best = std::min(r.i4_us, r.i4b_us);
+    const std::string vs_bf = r.bf_us > 0 ? fmt::format("{:.2f}x", r.bf_us / best) : "-";
+    fmt::print("{:<11} {:>3} | {:>9.1f} {:>7.1f} {:>5.0f}% | {:>9.1f} {:>7.1f} {:>5.0f}% | {:>9.1f} {:>7.1f} | {:>9} {:>7} | "
+               "{:>6.2f}x {:>7}\n",
+               r.shape, r.M, r.i4_us, r.i4_gbs, 100 * r.i4_gbs / bw.copy_gbs, r.i4b_us, r.i4b_gbs,
+               100 * r.i4b_gbs / bw.copy_gbs, r.f32_us, r.f32_gbs, bf_us, bf_gbs, r.f32_us / best, vs_bf);
   }
   fmt::print("(M > 1: f32 column is OpenBLAS sgemm with the same M; its GB/s counts the f32 weight bytes.)\n");
 

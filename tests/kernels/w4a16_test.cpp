@@ -60,7 +60,7 @@ W4Weight pack(const Problem& p) {
 
 std::vector<CpuIsa> supported_isas() {
   std::vector<CpuIsa> isas;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx}) {
     if (int(isa) <= int(w4_detected_isa())) isas.push_back(isa);
     else std::printf("[   NOTE   ] %s not supported by this CPU: not run\n", cpu_isa_name(isa));
   }
@@ -186,6 +186,54 @@ std::vector<double> abs_dot(const std::vector<float>& x, int64_t M, int64_t ldx,
   return r;
 }
 
+// The bf16 kernel (kAvx512Bf16, w4_linear_bf16) computes sum_g scale_g * (sum_k code_k x_k) - sum_g scale_g
+// zero_g (sum_k x_k) in f32 with exact products: the same Higham bound over the expanded terms, i.e. with
+// |W[o, k]| replaced by (code_k + |zero_g|) * scale_g >= |(code_k - zero_g) * scale_g|, plus one rounding for
+// scale_g * zero_g (covered by the + 5).
+std::vector<double> abs_dot_split(const std::vector<float>& x, int64_t M, int64_t ldx, const W4Weight& w,
+                                  const std::vector<float>& bias) {
+  const std::vector<uint8_t> codes = w4_unpack_codes(w);
+  const int64_t G = w.n_groups();
+  std::vector<double> r(size_t(M * w.out));
+  for (int64_t o = 0; o < w.out; ++o)
+    for (int64_t m = 0; m < M; ++m) {
+      double acc = std::fabs(bias[size_t(o)]);
+      for (int64_t k = 0; k < w.in; ++k) {
+        const int64_t g = k / w.group_size;
+        const double s = fp16_to_f32(w.scales[size_t(o * G + g)]), z = std::fabs(w.zeros[size_t(o * G + g)]);
+        const int64_t col = w.perm.empty() ? k : w.perm[size_t(k)];
+        acc += (double(codes[size_t(o * w.in + k)]) + z) * s * std::fabs(double(x[size_t(m * ldx + col)]));
+      }
+      r[size_t(m * w.out + o)] = acc;
+    }
+  return r;
+}
+
+// Which kernel w4_linear_bf16 runs below the panel crossover (see kW4AmxMinM in w4a16.h).
+enum class Bf16Kernel { kF32, kDp, kAmx };
+Bf16Kernel bf16_kernel(CpuIsa isa, int64_t M) {
+  if (isa == CpuIsa::kAmx && M >= kW4AmxMinM) return Bf16Kernel::kAmx;
+  if ((isa == CpuIsa::kAmx || isa == CpuIsa::kAvx512Bf16) && M <= kW4DpBf16MaxM) return Bf16Kernel::kDp;
+  return Bf16Kernel::kF32;
+}
+
+// The AMX kernel (kAmx, w4_linear_bf16 below the panel crossover) multiplies with the weights rounded to bf16
+// (round to nearest even of w4_dequantize's f32 value), then sums in f32: its reference is the f64 dot with those
+// bf16 weights, and the Higham bound above applies to it unchanged.
+std::vector<float> ref_bf16_weights(const std::vector<float>& x, int64_t M, int64_t ldx, const W4Weight& w,
+                                    const float* bias, int64_t ldy, float fill) {
+  const std::vector<float> d = w4_dequantize(w);
+  std::vector<float> y(size_t(M * ldy), fill);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t o = 0; o < w.out; ++o) {
+      double acc = bias ? double(bias[o]) : 0.0;
+      for (int64_t k = 0; k < w.in; ++k)
+        acc += double(x[size_t(m * ldx + k)]) * double(bf16_to_f32(f32_to_bf16(d[size_t(o * w.in + k)])));
+      y[size_t(m * ldy + o)] = float(acc);
+    }
+  return y;
+}
+
 // max over elements of |y - y_ref| / (gamma_bound * abs_dot); <= 1 means within the bound.
 double max_bound_ratio(const std::vector<float>& y, const std::vector<float>& y_ref, int64_t M, int64_t out,
                        int64_t ldy, const std::vector<double>& ad, int64_t in) {
@@ -226,6 +274,8 @@ void check_all_isas(const Shape& s, int64_t gs, bool with_perm, const std::vecto
   std::vector<float> y_ref(size_t(M_max * ldy), kSentinel);
   w4_linear_ref(x.data(), M_max, ldx, w, bias.data(), y_ref.data(), ldy);
   const std::vector<double> ad = abs_dot(x, M_max, ldx, w, bias);
+  const std::vector<double> ad_split = abs_dot_split(x, M_max, ldx, w, bias);
+  const std::vector<float> y_ref16 = ref_bf16_weights(x, M_max, ldx, w, bias.data(), ldy, kSentinel);
 
   W4Settings restore;
   for (CpuIsa isa : supported_isas()) {
@@ -244,7 +294,10 @@ void check_all_isas(const Shape& s, int64_t gs, bool with_perm, const std::vecto
                                   std::to_string(s.in) + " gs=" + std::to_string(gs) + " perm=" +
                                   std::to_string(with_perm) + " M=" + std::to_string(M) + " path=" +
                                   std::to_string(path) + (bf16 ? " bf16" : " f32");
-          EXPECT_LE(max_bound_ratio(y, y_ref, M, s.out, ldy, ad, s.in), 1.0) << ctx;
+          const bool direct = (path == 0 && M < 64) || (path == 1 && M == 33);
+          const bool amx = bf16 && direct && bf16_kernel(isa, M) == Bf16Kernel::kAmx;
+          const bool split = bf16 && direct && bf16_kernel(isa, M) == Bf16Kernel::kDp;
+          EXPECT_LE(max_bound_ratio(y, amx ? y_ref16 : y_ref, M, s.out, ldy, split ? ad_split : ad, s.in), 1.0) << ctx;
           for (int64_t m = 0; m < M; ++m)
             for (int64_t o = s.out; o < ldy; ++o) ASSERT_EQ(y[size_t(m * ldy + o)], kSentinel) << ctx;
         }
@@ -304,27 +357,46 @@ TEST(W4Linear, BoundCatchesWrongWeights) {
       const std::vector<float> bias(size_t(p.out), 0.0f);
       std::vector<float> y_ref(size_t(M * p.out)), y(size_t(M * p.out));
       w4_linear_ref(x.data(), M, p.in, w, bias.data(), y_ref.data(), p.out);
-      w4_linear(x.data(), M, p.in, w_no_zero, bias.data(), y.data(), p.out);
-      const std::vector<double> ad = abs_dot(x, M, p.in, w, bias);
-      EXPECT_GT(max_bound_ratio(y, y_ref, M, p.out, p.out, ad, p.in), 10.0) << cpu_isa_name(isa);
-      // Every element, not just the worst one.
-      for (int64_t i = 0; i < M * p.out; ++i)
-        ASSERT_GT(std::fabs(y[size_t(i)] - y_ref[size_t(i)]), 10.0 * gamma_bound(p.in) * ad[size_t(i)]) << i;
+      const std::vector<float> y_ref16 = ref_bf16_weights(x, M, p.in, w, bias.data(), p.out, 0.0f);
+      std::vector<uint16_t> xb(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+      for (int bf16 = 0; bf16 < 2; ++bf16) {
+        if (bf16) w4_linear_bf16(xb.data(), M, p.in, w_no_zero, bias.data(), y.data(), p.out);
+        else w4_linear(x.data(), M, p.in, w_no_zero, bias.data(), y.data(), p.out);
+        const Bf16Kernel kernel = bf16 ? bf16_kernel(isa, M) : Bf16Kernel::kF32;
+        const std::vector<double> ad = kernel == Bf16Kernel::kDp ? abs_dot_split(x, M, p.in, w, bias)
+                                                                 : abs_dot(x, M, p.in, w, bias);
+        const std::vector<float>& yr = kernel == Bf16Kernel::kAmx ? y_ref16 : y_ref;
+        EXPECT_GT(max_bound_ratio(y, yr, M, p.out, p.out, ad, p.in), 10.0) << cpu_isa_name(isa) << bf16;
+        // Every element, not just the worst one.
+        for (int64_t i = 0; i < M * p.out; ++i)
+          ASSERT_GT(std::fabs(y[size_t(i)] - yr[size_t(i)]), 10.0 * gamma_bound(p.in) * ad[size_t(i)]) << i;
+      }
     }
-    {
+    for (int64_t M : {int64_t(1), kW4AmxMinM}) {  // M = 1 and the smallest M the AMX kernel takes
       Problem p = make_problem(128, 64, 32, false, 52);
       const W4Weight w = pack(p);
       p.codes[size_t(5 * 64 + 17)] ^= 1;
       const W4Weight w_bad = pack(p);
-      std::vector<float> x = make_x(1, p.in, 53);
-      x[17] = 1.0f;
+      std::vector<float> x = make_x(M, p.in, 53);
+      for (int64_t m = 0; m < M; ++m) x[size_t(m * p.in + 17)] = 1.0f;
       const std::vector<float> bias(size_t(p.out), 0.0f);
-      std::vector<float> y_ref(size_t(p.out)), y(size_t(p.out));
-      w4_linear_ref(x.data(), 1, p.in, w, bias.data(), y_ref.data(), p.out);
-      w4_linear(x.data(), 1, p.in, w_bad, bias.data(), y.data(), p.out);
-      const std::vector<double> ad = abs_dot(x, 1, p.in, w, bias);
-      const double bound5 = gamma_bound(p.in) * ad[5];
-      EXPECT_GT(std::fabs(y[5] - y_ref[5]), 10.0 * bound5) << cpu_isa_name(isa);
+      std::vector<float> y_ref(size_t(M * p.out)), y(size_t(M * p.out));
+      std::vector<uint16_t> xb(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+      for (int bf16 = 0; bf16 < 2; ++bf16) {
+        if (bf16) w4_linear_bf16(xb.data(), M, p.in, w_bad, bias.data(), y.data(), p.out);
+        else w4_linear(x.data(), M, p.in, w_bad, bias.data(), y.data(), p.out);
+        const Bf16Kernel kernel = bf16 ? bf16_kernel(isa, M) : Bf16Kernel::kF32;
+        if (kernel == Bf16Kernel::kAmx) y_ref = ref_bf16_weights(x, M, p.in, w, bias.data(), p.out, 0.0f);
+        else w4_linear_ref(x.data(), M, p.in, w, bias.data(), y_ref.data(), p.out);
+        const std::vector<double> ad = kernel == Bf16Kernel::kDp ? abs_dot_split(x, M, p.in, w, bias)
+                                                                 : abs_dot(x, M, p.in, w, bias);
+        for (int64_t m = 0; m < M; ++m) {
+          const size_t i = size_t(m * p.out + 5);
+          EXPECT_GT(std::fabs(y[i] - y_ref[i]), 10.0 * gamma_bound(p.in) * ad[i]) << cpu_isa_name(isa) << bf16 << M;
+        }
+      }
     }
   }
 }
@@ -361,14 +433,22 @@ TEST(W4Linear, DeterministicAcrossThreadCounts) {
     w4_set_isa(isa);
     for (int64_t M : {1, 4, 7, 16, 64}) {
       const std::vector<float> x = make_x(M, p.in, 71);
-      std::vector<float> y1(size_t(M * p.out)), yn(size_t(M * p.out));
-      w4_set_num_threads(1);
-      w4_linear(x.data(), M, p.in, w, bias.data(), y1.data(), p.out);
-      for (int threads : {2, 3}) {
-        w4_set_num_threads(threads);
-        w4_linear(x.data(), M, p.in, w, bias.data(), yn.data(), p.out);
-        EXPECT_EQ(std::memcmp(y1.data(), yn.data(), y1.size() * sizeof(float)), 0)
-            << cpu_isa_name(isa) << " M=" << M << " threads=" << threads;
+      std::vector<uint16_t> xb(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+      for (int bf16 = 0; bf16 < 2; ++bf16) {
+        auto run = [&](std::vector<float>& y) {
+          if (bf16) w4_linear_bf16(xb.data(), M, p.in, w, bias.data(), y.data(), p.out);
+          else w4_linear(x.data(), M, p.in, w, bias.data(), y.data(), p.out);
+        };
+        std::vector<float> y1(size_t(M * p.out)), yn(size_t(M * p.out));
+        w4_set_num_threads(1);
+        run(y1);
+        for (int threads : {2, 3}) {
+          w4_set_num_threads(threads);
+          run(yn);
+          EXPECT_EQ(std::memcmp(y1.data(), yn.data(), y1.size() * sizeof(float)), 0)
+              << cpu_isa_name(isa) << " M=" << M << " threads=" << threads << " bf16=" << bf16;
+        }
       }
     }
   }
@@ -390,7 +470,8 @@ TEST(W4Isa, EnvVarSelectsKernel) {
     return output;
   };
   const std::vector<std::pair<std::string, CpuIsa>> cases = {
-      {"ref", CpuIsa::kScalar}, {"avx2", CpuIsa::kAvx2}, {"avx512", CpuIsa::kAvx512}};
+      {"ref", CpuIsa::kScalar}, {"avx2", CpuIsa::kAvx2}, {"avx512", CpuIsa::kAvx512},
+      {"avx512bf16", CpuIsa::kAvx512Bf16}, {"amx", CpuIsa::kAmx}};
   for (const auto& [value, isa] : cases) {
     const std::string out = child(value);
     // Unsupported: a warning and the detected ISA.
@@ -411,8 +492,8 @@ TEST(W4Linear, SetIsaAboveDetectedIsIgnored) {
   EXPECT_EQ(w4_active_isa(), CpuIsa::kScalar);
   w4_set_isa(w4_detected_isa());
   EXPECT_EQ(w4_active_isa(), w4_detected_isa());
-  if (w4_detected_isa() != CpuIsa::kAvx512) {
-    w4_set_isa(CpuIsa::kAvx512);
+  if (w4_detected_isa() != CpuIsa::kAmx) {
+    w4_set_isa(CpuIsa::kAmx);
     EXPECT_EQ(w4_active_isa(), w4_detected_isa());
   }
 }

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "kernels/cpu/w4a16_kernels.h"
@@ -226,7 +227,10 @@ CpuIsa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
-    return CpuIsa::kAvx512;
+  {
+    if (!__builtin_cpu_supports("avx512bf16")) return CpuIsa::kAvx512;
+    return w4detail::w4_amx_enable() ? CpuIsa::kAmx : CpuIsa::kAvx512Bf16;
+  }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2;
 #endif
   return CpuIsa::kScalar;
@@ -242,8 +246,10 @@ CpuIsa initial_isa() {
   if (v == "ref" || v == "scalar") want = CpuIsa::kScalar;
   else if (v == "avx2") want = CpuIsa::kAvx2;
   else if (v == "avx512") want = CpuIsa::kAvx512;
+  else if (v == "avx512bf16") want = CpuIsa::kAvx512Bf16;
+  else if (v == "amx") want = CpuIsa::kAmx;
   else {
-    std::fprintf(stderr, "qforge: warning: QFORGE_CPU_KERNEL=%s is not one of ref|avx2|avx512; using %s\n", env,
+    std::fprintf(stderr, "qforge: warning: QFORGE_CPU_KERNEL=%s is not one of ref|avx2|avx512|avx512bf16|amx; using %s\n", env,
                  cpu_isa_name(best));
     return best;
   }
@@ -265,6 +271,8 @@ std::atomic<int64_t> g_panel_min_m{kW4PanelMinM};
 
 const W4IsaKernels& kernels_for(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAmx:
+    case CpuIsa::kAvx512Bf16:
     case CpuIsa::kAvx512: return w4detail::w4_kernels_avx512();
     case CpuIsa::kAvx2: return w4detail::w4_kernels_avx2();
     case CpuIsa::kScalar: break;
@@ -279,6 +287,8 @@ const char* cpu_isa_name(CpuIsa isa) {
     case CpuIsa::kScalar: return "scalar";
     case CpuIsa::kAvx2: return "avx2";
     case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx512Bf16: return "avx512bf16";
+    case CpuIsa::kAmx: return "amx";
   }
   return "?";
 }
@@ -434,10 +444,70 @@ inline void split(int64_t n, int tasks, int t, int64_t align, int64_t* r0, int64
   *r1 = std::min(n, blocks * (t + 1) / tasks * align);
 }
 
+// Output rows split over threads in blocks of kRowBlock, each task running `rows(t, r0, r1, scratch)`.
+template <typename Fn>
+void run_direct(int64_t M, const W4Weight& w, float* scratch, int64_t scratch_n, const Fn& rows,
+                int64_t align = w4detail::kRowBlock) {
+  const int threads = w4_num_threads();
+  const int64_t blocks = (w.out + align - 1) / align;
+  const int64_t by_work = std::max<int64_t>(1, M * w.out * w.in / kW4MinMacsPerTask);
+  const int tasks = int(std::min<int64_t>({threads, blocks, by_work}));
+  W4Pool::get().run(tasks, [&](int t) {
+    int64_t r0, r1;
+    split(w.out, tasks, t, align, &r0, &r1);
+    if (r0 < r1) rows(r0, r1, scratch + t * scratch_n);
+  });
+}
+
+// bf16 activations through the AMX or vdpbf16ps kernel: xb in kernel-column order and the per-group activation
+// sums that carry the zero points in the vdpbf16ps kernel.
+void w4_linear_bf16_direct(const uint16_t* x, int64_t M, int64_t ldx, const W4Weight& w, const float* bias,
+                           float* y, int64_t ldy) {
+  const W4View v{w.out, w.in, w.group_size, w.codes.data(), w.scales.data(), w.zeros.data()};
+  const int64_t in = w.in, gs = w.group_size, G = in / gs;
+  CallBuffers& buf = call_buffers();
+  // xb (M * in bf16) and xsum (M * G f32) share the f32 activation buffer.
+  const int64_t xb_floats = (M * in + 1) / 2 + 16;
+  float* space = grow(buf.xi, buf.xi_cap, size_t(xb_floats + M * G));
+  uint16_t* xb = reinterpret_cast<uint16_t*>(space);
+  float* xsum = space + xb_floats;
+  for (int64_t m = 0; m < M; ++m) {
+    const uint16_t* xr = x + m * ldx;
+    uint16_t* dst = xb + m * in;
+    if (w.perm.empty()) std::memcpy(dst, xr, size_t(in) * sizeof(uint16_t));
+    else
+      for (int64_t k = 0; k < in; ++k) dst[k] = xr[w.perm[size_t(k)]];
+    for (int64_t g = 0; g < G; ++g) {
+      float s = 0.0f;
+      for (int64_t k = g * gs; k < (g + 1) * gs; ++k) s += bf16_to_f32(dst[k]);
+      xsum[m * G + g] = s;
+    }
+  }
+  const int64_t scratch_n = w4detail::w4_bf16_scratch_floats(in, gs);
+  float* scratch = grow(buf.scratch, buf.scratch_cap, size_t(scratch_n * w4_num_threads()));
+  const bool amx = w4_active_isa() == CpuIsa::kAmx && M >= kW4AmxMinM;
+  const w4detail::W4Bf16Kernels& k = amx ? w4detail::w4_kernels_amx() : w4detail::w4_kernels_avx512bf16();
+  const int64_t tile = std::max<int64_t>(2, kW4DirectTileBytes / (2 * in) / 2 * 2);
+  run_direct(M, w, scratch, scratch_n, [&](int64_t r0, int64_t r1, float* s) {
+    for (int64_t m0 = 0; m0 < M; m0 += tile)
+      k.gemm_rows(xb + m0 * in, xsum + m0 * G, std::min(tile, M - m0), v, r0, r1, bias, y + m0 * ldy, ldy, s);
+  }, amx ? w4detail::kAmxRows : w4detail::kRowBlock);
+}
+
 template <typename T>
 void w4_linear_impl(const T* x, int64_t M, int64_t ldx, const W4Weight& w, const float* bias, float* y,
                     int64_t ldy) {
   if (M <= 0 || w.out <= 0) return;
+
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    const CpuIsa isa = w4_active_isa();
+    const bool amx = isa == CpuIsa::kAmx && M >= kW4AmxMinM;
+    const bool dp = (isa == CpuIsa::kAmx || isa == CpuIsa::kAvx512Bf16) && M <= kW4DpBf16MaxM;
+    if (M < w4_panel_min_m() && (amx || dp)) {
+      w4_linear_bf16_direct(x, M, ldx, w, bias, y, ldy);
+      return;
+    }
+  }
   const W4IsaKernels& k = kernels_for(w4_active_isa());
   const W4View v{w.out, w.in, w.group_size, w.codes.data(), w.scales.data(), w.zeros.data()};
   const int64_t in = w.in;
@@ -452,18 +522,12 @@ void w4_linear_impl(const T* x, int64_t M, int64_t ldx, const W4Weight& w, const
   W4Pool& pool = W4Pool::get();
 
   if (M < w4_panel_min_m()) {
-    // Direct kernel on the packed codes, output rows split over threads in blocks of kRowBlock.
-    const int64_t blocks = (w.out + w4detail::kRowBlock - 1) / w4detail::kRowBlock;
-    const int64_t by_work = std::max<int64_t>(1, M * w.out * in / kW4MinMacsPerTask);
-    const int tasks = int(std::min<int64_t>({threads, blocks, by_work}));
+    // Direct kernel on the packed codes.
     const int64_t tile = std::max<int64_t>(w4detail::kMBlock, kW4DirectTileBytes / (4 * in) / w4detail::kMBlock *
                                                                    w4detail::kMBlock);
-    pool.run(tasks, [&](int t) {
-      int64_t r0, r1;
-      split(w.out, tasks, t, w4detail::kRowBlock, &r0, &r1);
-      for (int64_t m0 = 0; m0 < M && r0 < r1; m0 += tile)
-        k.gemm_rows(xi + m0 * in, std::min(tile, M - m0), v, r0, r1, bias, y + m0 * ldy, ldy,
-                    scratch + t * scratch_n);
+    run_direct(M, w, scratch, scratch_n, [&](int64_t r0, int64_t r1, float* s) {
+      for (int64_t m0 = 0; m0 < M; m0 += tile)
+        k.gemm_rows(xi + m0 * in, std::min(tile, M - m0), v, r0, r1, bias, y + m0 * ldy, ldy, s);
     });
     return;
   }

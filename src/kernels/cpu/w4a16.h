@@ -60,8 +60,21 @@ void w4_linear_bf16(const uint16_t* x, int64_t M, int64_t ldx, const W4Weight& w
 void w4_linear_ref(const float* x, int64_t M, int64_t ldx, const W4Weight& w, const float* bias, float* y,
                    int64_t ldy);
 
-// Which implementation w4_linear uses; chosen once from the CPU (or QFORGE_CPU_KERNEL=ref|avx2|avx512).
-enum class CpuIsa { kScalar, kAvx2, kAvx512 };
+// Which implementation w4_linear uses; chosen once from the CPU (or QFORGE_CPU_KERNEL=ref|avx2|avx512|
+// avx512bf16|amx). f32 activations, and bf16 activations from the panel crossover up, run the same code for
+// avx512, avx512bf16 and amx. Below the crossover, bf16 activations run
+//   - avx512bf16: vdpbf16ps on the codes (exact products, f32 sums; the zero points enter through per-group
+//     activation sums);
+//   - amx: AMX tiles, the vector units decoding each weight to bf16((code - zero) * scale) (rounded to bf16,
+//     relative error <= 2^-9, as GPU W4A16 kernels round to fp16) and tdpbf16ps summing in f32.
+enum class CpuIsa { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
+// Below the panel crossover, bf16 activations take: with kAmx, the AMX kernel from M = kW4AmxMinM and the
+// vdpbf16ps kernel below it; with kAvx512Bf16, the vdpbf16ps kernel up to kW4DpBf16MaxM and the f32 kernel
+// (after converting x) above. Measured with `w4a16_bench` and QFORGE_CPU_KERNEL (docs/packed-checkpoints.md):
+// AMX's fixed cost per 16-row chunk (decode to memory, tile loads) loses to the vector kernels at M = 1 and
+// wins from M = 4 (2.7x the f32 kernel at M = 16); vdpbf16ps (2 cycles each here) loses to FMAs from M = 4.
+inline constexpr int64_t kW4AmxMinM = 4;
+inline constexpr int64_t kW4DpBf16MaxM = 2;
 const char* cpu_isa_name(CpuIsa isa);
 CpuIsa w4_detected_isa();            // best the CPU supports
 CpuIsa w4_active_isa();              // what w4_linear uses now

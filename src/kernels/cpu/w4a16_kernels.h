@@ -39,14 +39,40 @@ struct W4IsaKernels {
   void (*dequant_rows)(const W4View& w, int64_t o0, int64_t o1, float* dst, float* scratch);
 };
 
+// bf16-activation kernel (w4a16_avx512bf16.cpp). It reads the activations in natural kernel-column order
+// (no interleave): xb[m, k] = bf16 x[m, perm(k)], row stride in, and xsum[m, g] = the f32 sum of xb[m, k] over
+// the kernel columns of group g (row stride in / group_size), which carries the zero points.
+struct W4Bf16Kernels {
+  const char* name;
+  // y[m, o] = sum_k xb[m, k] * W[o, k] (+ bias[o]) for m in [0, M), o in [o0, o1); scratch as for gemm_rows.
+  void (*gemm_rows)(const uint16_t* xb, const float* xsum, int64_t M, const W4View& w, int64_t o0, int64_t o1,
+                    const float* bias, float* y, int64_t ldy, float* scratch);
+};
+
 // Per-thread scratch the kernels need: f32 scales and zeros of kRowBlock rows, or one dequantized row.
 inline int64_t w4_scratch_floats(int64_t in, int64_t group_size) {
   const int64_t sz = 2 * kRowBlock * (in / group_size) + 16;
   return sz > in ? sz : in;
 }
 
+// AMX kernel (w4a16_amx.cpp): output rows per tile block and activation rows per pass.
+inline constexpr int kAmxRows = 16;
+inline constexpr int kAmxMaxM = 16;
+// Per-thread scratch of the bf16-activation kernels: the AMX kernel's VNNI activations [in/2][16] u32, four A
+// tiles, two table sets, the C tile and the block's scales (each 64-byte aligned), or the vdpbf16ps kernel's.
+inline int64_t w4_bf16_scratch_floats(int64_t in, int64_t group_size) {
+  const int64_t amx = 8 * in + 16 * (in / group_size) + 6 * 16 + 6 * 16 * 16 + 4 * 16 * 16;
+  const int64_t dp = w4_scratch_floats(in, group_size);
+  return amx > dp ? amx : dp;
+}
+
 const W4IsaKernels& w4_kernels_scalar();
 const W4IsaKernels& w4_kernels_avx2();
 const W4IsaKernels& w4_kernels_avx512();
+const W4Bf16Kernels& w4_kernels_avx512bf16();
+const W4Bf16Kernels& w4_kernels_amx();
+// Whether the CPU and OS allow AMX tiles (CPUID, XCR0), after asking Linux for the tile data state
+// (arch_prctl ARCH_REQ_XCOMP_PERM); false on other systems.
+bool w4_amx_enable();
 
 }  // namespace qforge::kernels::w4detail
