@@ -1,12 +1,16 @@
 // Benchmark of the CUDA W4A16 linear (src/kernels/cuda/w4a16.h) against cuBLAS fp16 GEMM, same run, same card.
 //
-//   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--launch-test] [--profile] [--ms 1,2,4]
+//   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--sweep-gemm] [--launch-test] [--profile] [--ms 1,2,4]
 //                    [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--csv FILE]
 //   --sweep-mma: mma warps per block x split-K x PDL; --launch-test: graph vs stream vs isolated launches, PDL
-//   off/on, and cuBLAS fp16 the same ways; --profile: only 3 plain mma launches per case (for Nsight Compute).
+//   off/on, and cuBLAS fp16 the same ways; --profile: only 3 plain mma launches per case (for Nsight Compute);
+//   --sweep-gemm: gemm block shape x split-K at M >= 16.
+// Weights are random packed bytes (the layout is a bijection, so any bytes are a valid weight), drawn with a
+// fast generator instead of going through w4a16_repack, which takes seconds on the 70B shapes.
 //
 // Per Llama shape and batch M: validate (mma path vs dequant+cuBLAS path on the same W4 weight), then time
-// the auto path, the mma path, the dequant+cuBLAS path and cuBLAS fp16 on an fp16 weight of the same shape.
+// the auto path, the mma path, the gemm path (M >= 8), the dequant+cuBLAS path and cuBLAS fp16 on an fp16
+// weight of the same shape.
 // Timing: each measurement is a CUDA graph of 20 calls that rotate over enough weight copies to exceed 3x
 // the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 31 timed replays
 // (CUDA events) divided by 20. Effective GB/s counts the weight (codes + scales + zeros), x and y once.
@@ -157,7 +161,7 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false, sweep_mma = false, launch_test = false, profile = false;
+  bool quick = false, sweep = false, sweep_mma = false, sweep_gemm = false, launch_test = false, profile = false;
   const char* csv_path = nullptr;
   const char* ms_arg = nullptr;
   const char* shapes_arg = nullptr;
@@ -169,6 +173,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--ms") && i + 1 < argc) ms_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shapes_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--sweep-mma")) sweep_mma = true;
+    else if (!std::strcmp(argv[i], "--sweep-gemm")) sweep_gemm = true;
     else if (!std::strcmp(argv[i], "--launch-test")) launch_test = true;
     else if (!std::strcmp(argv[i], "--profile")) profile = true;
     else if (!std::strcmp(argv[i], "--mma-tuning") && i + 1 < argc) {
@@ -243,22 +248,37 @@ int main(int argc, char** argv) {
   W4A16Context ctx;
   ctx.set_mma_tuning(tuning);
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
-  if (csv) std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,dequant_cublas_us,gemv_pdl_us\n");
+  if (csv)
+    std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,gemm_us,"
+                      "dequant_cublas_us,gemv_pdl_us\n");
 
   std::mt19937_64 rng(7);
-  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s %9s | %7s\n", "shape", "out", "in", "M",
-              "auto path", "auto us", "GB/s", "%copy", "gemv us", "gemv+pdl", "mma us", "deq+cub us", "fp16 us",
-              "speedup");
+  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s %9s %9s | %7s\n", "shape", "out", "in",
+              "M", "auto path", "auto us", "GB/s", "%copy", "gemv us", "gemv+pdl", "mma us", "gemm us", "deq+cub us",
+              "fp16 us", "speedup");
   for (const Shape& sh : shapes) {
     const int64_t N = sh.out, K = sh.in, g = K % 128 == 0 ? 128 : 64, G = K / g;  // g64 for in = 576
-    // Random AWQ-style weight: asymmetric, g = 128.
-    std::vector<uint8_t> codes(N * K);
-    for (auto& c : codes) c = static_cast<uint8_t>(rng() & 15);
-    std::vector<float> scales(N * G), zeros(N * G);
-    for (auto& s : scales) s = __half2float(__float2half_rn(0.002f + 0.018f * (rng() % 1000) / 1000.f));
-    for (auto& z : zeros) z = static_cast<float>(rng() % 16);
+    // Random AWQ-style weight: asymmetric, g = 128 (64 for in = 576): random codes and zeros, scales in
+    // [0.002, 0.02], written straight into the packed layout.
     W4A16Packed packed;
-    CKS(w4a16_repack(codes.data(), scales.data(), zeros.data(), nullptr, N, K, g, sh.name, &packed));
+    packed.out = N, packed.in = K, packed.group_size = g, packed.symmetric = false;
+    packed.qweight.resize(N * K / 2);
+    packed.scales.resize(N * G);
+    packed.zeros.resize(N * G / 2);
+    uint64_t sm = rng();
+    auto next = [&sm] {  // splitmix64
+      uint64_t z = (sm += 0x9E3779B97F4A7C15ull);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return z ^ (z >> 31);
+    };
+    for (size_t i = 0; i < packed.qweight.size(); i += 8) {
+      const uint64_t v = next();
+      std::memcpy(packed.qweight.data() + i, &v, std::min<size_t>(8, packed.qweight.size() - i));
+    }
+    for (auto& z : packed.zeros) z = static_cast<uint8_t>(next());
+    for (auto& sc : packed.scales)
+      sc = __half_as_ushort(__float2half_rn(0.002f + 0.018f * static_cast<float>(next() % 1000) / 1000.f));
     const double l2 = prop.l2CacheSize;
     const int w4_copies = static_cast<int>(std::ceil(3 * l2 / packed.bytes()));
     const int f16_copies = static_cast<int>(std::ceil(3 * l2 / (2.0 * N * K)));
@@ -287,9 +307,11 @@ int main(int argc, char** argv) {
       // validate: mma (and gemv) path against dequant + cuBLAS on the same weight (all within fp16 rounding
       // of the truth)
       const bool has_gemv = M <= kW4GemvMaxM;
+      const bool has_gemm = M >= 8 && N % 32 == 0;
       CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
-      for (W4Path p : {W4Path::kMma, W4Path::kGemv}) {
+      for (W4Path p : {W4Path::kMma, W4Path::kGemv, W4Path::kGemm}) {
         if (p == W4Path::kGemv && !has_gemv) continue;
+        if (p == W4Path::kGemm && !has_gemm) continue;
         CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, p));
         std::vector<__half> h1(M * N), h2(M * N);
         CK(cudaMemcpyAsync(h1.data(), y, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
@@ -316,6 +338,7 @@ int main(int argc, char** argv) {
       // gemv only where it applies; dequant+cuBLAS only where it can matter (M >= 64): the rest is "-"
       const double t_gemv = has_gemv ? run_path(W4Path::kGemv) : -1;
       const double t_mma = run_path(W4Path::kMma);
+      const double t_gemm = has_gemm ? run_path(W4Path::kGemm) : -1;
       double t_gemv_pdl = -1;  // the gemv path with programmatic dependent launch (weights of call i+1 overlap call i)
       if (has_gemv) {
         W4A16Context::GemvTuning gt;
@@ -325,7 +348,10 @@ int main(int argc, char** argv) {
         ctx.set_gemv_tuning({});
       }
       const double t_cub = M >= 64 ? run_path(W4Path::kCublas) : -1;
-      const double t_auto = auto_p == W4Path::kGemv ? t_gemv : auto_p == W4Path::kMma ? t_mma : t_cub;
+      const double t_auto = auto_p == W4Path::kGemv   ? t_gemv
+                            : auto_p == W4Path::kMma  ? t_mma
+                            : auto_p == W4Path::kGemm ? t_gemm
+                                                      : t_cub;
       const float alpha = 1.f, beta = 0.f;
       const double t_f16 = time_us([&](int i) {
         CKB(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wf[i % f16_copies], CUDA_R_16F, K, x,
@@ -339,15 +365,37 @@ int main(int argc, char** argv) {
         else std::snprintf(b, sizeof b, "%9.2f", t);
         return std::string(b);
       };
-      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %s %9.2f | %6.2fx\n", sh.name,
+      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %s %s %9.2f | %6.2fx\n", sh.name,
                   (long)N, (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs,
-                  cell(t_gemv).c_str(), cell(t_gemv_pdl).c_str(), cell(t_mma).c_str(), cell(t_cub).c_str(), t_f16,
-                  t_f16 / t_auto);
+                  cell(t_gemv).c_str(), cell(t_gemv_pdl).c_str(), cell(t_mma).c_str(), cell(t_gemm).c_str(),
+                  cell(t_cub).c_str(), t_f16, t_f16 / t_auto);
       if (csv)
-        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name, sh.name,
-                     (long)N, (long)K, (long)M, w4_path_name(auto_p),
+        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name,
+                     sh.name, (long)N, (long)K, (long)M, w4_path_name(auto_p),
                      ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto, gbs, 100 * gbs / copy_gbs, t_f16,
-                     t_f16 / t_auto, t_gemv, t_mma, t_cub, t_gemv_pdl);
+                     t_f16 / t_auto, t_gemv, t_mma, t_gemm, t_cub, t_gemv_pdl);
+      if (sweep_gemm && has_gemm && M >= 16) {  // gemm block shape x split: which wins, for gemm_plan
+        std::string line;
+        double best = 1e30;
+        std::string best_s;
+        constexpr int kBlockM[] = {0, 16, 32, 64, 128, 256, 256, 128, 64};  // BM of gemm shapes 1..8
+        for (int shape = 1; shape <= 8; ++shape)
+          for (int split : {0, 1, 2, 4}) {
+            if (4 * kBlockM[shape] < M) continue;  // a block under M / 4 batch rows re-reads W too often
+            ctx.set_gemm_tuning({shape, split});
+            const double tg = time_us(
+                [&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, W4Path::kGemm)); });
+            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kGemm);
+            if (tg < best) best = tg, best_s = d;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, " s%d/k%d:%.2f", shape, split, tg);
+            line += buf;
+          }
+        ctx.set_gemm_tuning({});
+        std::printf("    sweep-gemm M=%ld:%s | best %.2f us %s\n", (long)M, line.c_str(), best, best_s.c_str());
+        if (csv) std::fprintf(csv, "#sweep-gemm,%s,%ld,%ld,%ld,%s,%.3f\n", sh.name, (long)N, (long)K, (long)M,
+                              best_s.c_str(), best);
+      }
 
       if (launch_test) {  // launch gaps: graph vs stream vs isolated, with and without PDL
         const float alpha1 = 1.f, beta0 = 0.f;

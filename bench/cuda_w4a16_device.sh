@@ -2,7 +2,8 @@
 # Builds the W4A16 CUDA library, test and benchmark with nvcc alone and runs them on a GPU machine.
 # It needs nothing but the CUDA toolkit (the GPU machine lacks the CPU build's fmt / BLAS / Highway / GTest),
 # and it does not compile qforge_lib, so other work in progress under src/ cannot break it.
-#   bash bench/cuda_w4a16_device.sh [build|test|sanitize|bench|sweep|all]...   (default: all = build test sanitize bench)
+#   bash bench/cuda_w4a16_device.sh [build|test|sanitize|bench|sweep|sweep-gemm|all]...
+#   (default: all = build test sanitize bench)
 # Logs go to $OUT (or ./out/cuda_w4a16) when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ for step in "${steps[@]}"; do
     all) bash "$0" build test sanitize bench || rc=1 ;;
     build)
       pids=()
-      for f in src/kernels/cuda/*.cu; do nvcc $FLAGS -c "$f" -o "$B/$(basename "$f" .cu).o" & pids+=($!); done
+      for f in src/kernels/cuda/w4a16*.cu; do nvcc $FLAGS -c "$f" -o "$B/$(basename "$f" .cu).o" & pids+=($!); done
       for p in "${pids[@]}"; do wait "$p" || { echo "build failed"; exit 1; }; done
       nvcc $FLAGS tests/kernels/cuda/w4a16_test.cu "$B"/w4a16*.o -lcublas -o "$B/cuda_w4a16_test" || exit 1
       nvcc $FLAGS bench/cuda_w4a16_bench.cu "$B"/w4a16*.o -lcublas -o "$B/cuda_w4a16_bench" || exit 1
@@ -30,6 +31,10 @@ for step in "${steps[@]}"; do
       rc=$((rc | PIPESTATUS[0])) ;;
     bench) "$B/cuda_w4a16_bench" --csv "$LOG/bench.csv" 2>&1 | tee "$LOG/bench.log"; rc=$((rc | PIPESTATUS[0])) ;;
     sweep) "$B/cuda_w4a16_bench" --sweep --ms 1,2,4,8 2>&1 | tee "$LOG/sweep.log"; rc=$((rc | PIPESTATUS[0])) ;;
+    sweep-gemm)
+      "$B/cuda_w4a16_bench" --ms 16,32,64,128,256 --sweep-gemm \
+        --shapes 4096x4096,11008x4096,4096x11008,8192x8192,28672x8192,8192x28672 2>&1 | tee "$LOG/sweep_gemm.log"
+      rc=$((rc | PIPESTATUS[0])) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -100,6 +100,7 @@ struct W4A16Context::Impl {
   int cc_major = 0;
   MmaTuning tuning;
   GemvTuning gemv_tuning;
+  GemmTuning gemm_tuning;
   struct Buffer {
     void* ptr = nullptr;
     size_t bytes = 0;
@@ -167,16 +168,29 @@ W4A16Context::~W4A16Context() = default;
 
 void W4A16Context::set_mma_tuning(MmaTuning t) { impl_->tuning = t; }
 void W4A16Context::set_gemv_tuning(GemvTuning t) { impl_->gemv_tuning = t; }
+void W4A16Context::set_gemm_tuning(GemmTuning t) { impl_->gemm_tuning = t; }
 
-W4Path W4A16Context::auto_path(const W4A16DeviceWeight& /*w*/, int64_t M) const {
+W4Path W4A16Context::auto_path(const W4A16DeviceWeight& w, int64_t M) const {
   if (M <= kW4GemvCrossoverM) return W4Path::kGemv;
-  return M > kW4CublasCrossoverM ? W4Path::kCublas : W4Path::kMma;
+  if (M > kW4CublasCrossoverM) return W4Path::kCublas;
+  const bool gemm_ok = w.out % 32 == 0 && w.out * w.in >= kW4GemmMinWeights;
+  return M >= kW4GemmMinM && gemm_ok ? W4Path::kGemm : W4Path::kMma;
 }
 
 std::string W4A16Context::describe(const W4A16DeviceWeight& w, int64_t M, ActType act, W4Path path) const {
   if (path == W4Path::kAuto) path = auto_path(w, M);
   if (path == W4Path::kCublas) return "dequant+cublas";
   const int sms = impl_->sm_count > 0 ? impl_->sm_count : 132;
+  if (path == W4Path::kGemm) {
+    detail::GemmPlan gp;
+    const detail::GemmConfig want{impl_->gemm_tuning.shape, impl_->gemm_tuning.split};
+    if (detail::gemm_plan(act == ActType::kBF16, static_cast<int>(M), static_cast<int>(w.out),
+                          static_cast<int>(w.in), sms, want, &gp) != cudaSuccess)
+      return "gemm (no plan)";
+    return "gemm shape=" + std::to_string(gp.cfg.shape) + " bn=" + std::to_string(detail::gemm_block_n(gp.cfg.shape)) +
+           " split=" + std::to_string(gp.cfg.split) + " grid=" + std::to_string(gp.grid.x) + "x" +
+           std::to_string(gp.grid.y) + "x" + std::to_string(gp.grid.z);
+  }
   if (path == W4Path::kGemv) {
     detail::GemvPlan gp;
     if (detail::gemv_plan(static_cast<int>(M), static_cast<int>(w.out), static_cast<int>(w.in),
@@ -225,8 +239,10 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
   if (path == W4Path::kAuto) path = auto_path(w, M);
   if (path == W4Path::kGemv && M > kW4GemvMaxM)
     return CudaStatus::error(what + ": the gemv path takes batch M <= " + std::to_string(kW4GemvMaxM));
+  if (path == W4Path::kGemm && N % 32 != 0)
+    return CudaStatus::error(what + ": the gemm path needs out % 32 == 0 (use mma)");
 
-  if (path == W4Path::kMma || path == W4Path::kGemv) {
+  if (path == W4Path::kMma || path == W4Path::kGemv || path == W4Path::kGemm) {
     detail::MmaArgs a;
     a.qweight = w.qweight;
     a.scales = static_cast<const uint32_t*>(w.scales);
@@ -237,6 +253,19 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
     if ((w.group_size & (w.group_size - 1)) == 0) {
       a.group_shift = 0;
       while ((int64_t{1} << a.group_shift) < w.group_size) ++a.group_shift;
+    }
+    if (path == W4Path::kGemm) {
+      detail::GemmPlan gp;
+      const detail::GemmConfig want{impl_->gemm_tuning.shape, impl_->gemm_tuning.split};
+      CUDA_CHECK(detail::gemm_plan(bf16, Mi, N, K, impl_->sm_count, want, &gp));
+      if (gp.partial_floats) {
+        QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->partial, gp.partial_floats * sizeof(float), false, stream));
+        QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->counters, gp.counters * sizeof(unsigned), true, stream));
+        a.partial = static_cast<float*>(impl_->partial.ptr);
+        a.counters = static_cast<unsigned*>(impl_->counters.ptr);
+      }
+      CUDA_CHECK(detail::gemm_launch(bf16, gp, a, stream));
+      return CudaStatus::ok();
     }
     if (path == W4Path::kGemv) {
       detail::GemvPlan gp;

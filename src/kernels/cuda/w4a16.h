@@ -12,6 +12,12 @@
 //   mma     - tensor-core kernel with the weight as the mma A operand (y^T = W x^T), the activations as B,
 //             cp.async pipeline per warp, split-K inside the block and, when the grid is small, across
 //             blocks. Batch rows go in tiles of 8 (one mma n8), so batch 1-8 costs one pass over W.
+//   gemm    - batch GEMM (any M; kAuto uses it for M = 33..128 on large weights, w4a16_gemm.cu): a block owns
+//             a slab of output rows and the whole batch (up to 256 rows), streams K through one block-wide
+//             cp.async ring (packed weights, scales, zeros,
+//             activations), dequantises each weight word once into registers and reuses it across all the
+//             warp's batch tiles; split-K over blocks with a deterministic fix-up while the grid is under a wave.
+//             Needs out % 32 == 0.
 //   cublas  - dequantize W to fp16/bf16 in a workspace and call cuBLAS (for large batches, as vLLM does).
 // The packed layout is in w4a16_layout.h.
 #pragma once
@@ -43,7 +49,7 @@ class [[nodiscard]] CudaStatus {
 };
 
 enum class ActType { kF16, kBF16 };
-enum class W4Path { kAuto, kGemv, kMma, kCublas };
+enum class W4Path { kAuto, kGemv, kMma, kGemm, kCublas };
 const char* w4_path_name(W4Path p);
 
 // Host-side packed weight (w4a16_layout.h). Build it with w4a16_repack.
@@ -144,6 +150,12 @@ class W4A16Context {
     int warps = 0, split = 0, depth = 0, pdl = -1;
   };
   void set_gemv_tuning(GemvTuning t);
+  // Benchmark / tuning hook for the gemm path: block shape 1..8 (w4a16_gemm.cu: BM = 16, 32, 64, 128, 256 batch
+  // rows per block with 8 warps; 6..8: BM = 256, 128, 64 with 16 warps), K slices over blocks; 0 = built in.
+  struct GemmTuning {
+    int shape = 0, split = 0;
+  };
+  void set_gemm_tuning(GemmTuning t);
 
  private:
   std::unique_ptr<Impl> impl_;
@@ -158,7 +170,11 @@ inline constexpr bool kW4GemvPdlDefault = false;
 // saved up to 0.7 us on grids of about one block per SM but cost up to 15% where the next kernel's early blocks
 // landed unevenly on SMs that already held 2-3 blocks (docs/cuda-kernels.md).
 inline constexpr bool kW4MmaPdlDefault = false;
-// Batch above which kAuto dequantizes and calls cuBLAS (measured on H100, docs/cuda-kernels.md).
+// kAuto (measured on H100 80GB HBM3, docs/cuda-kernels.md, "Batch GEMM"): mma up to batch kW4GemmMinM - 1;
+// gemm from kW4GemmMinM up to kW4CublasCrossoverM for weights of at least kW4GemmMinWeights elements with
+// out % 32 == 0 (mma otherwise: on 4096x4096 gemm lost 18% at M = 64 and tied at 128); dequantize + cuBLAS above.
+inline constexpr int64_t kW4GemmMinM = 33;
+inline constexpr int64_t kW4GemmMinWeights = int64_t{1} << 25;
 inline constexpr int64_t kW4CublasCrossoverM = 128;
 
 }  // namespace qforge::cuda

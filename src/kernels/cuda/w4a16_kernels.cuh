@@ -60,6 +60,23 @@ int gemv_max_m();
 cudaError_t gemv_plan(int M, int N, int K, int group, int sm_count, GemvConfig want, GemvPlan* plan);
 cudaError_t gemv_launch(bool bf16, const GemvPlan& plan, const MmaArgs& args, cudaStream_t stream);
 
+// Batch GEMM (w4a16_gemm.cu): a block owns BN output rows x BM batch rows and streams K through one
+// block-wide cp.async ring; shape = block shape 1..8 (w4a16_gemm.cu), split = K slices over blocks
+// (grid.z); 0 = choose. Needs N % 32 == 0.
+struct GemmConfig {
+  int shape = 0, split = 0;
+};
+struct GemmPlan {
+  GemmConfig cfg;
+  dim3 grid;
+  int blocks_per_sm = 0;
+  size_t partial_floats = 0;  // workspace needed (split > 1)
+  size_t counters = 0;
+};
+int gemm_block_n(int shape);
+cudaError_t gemm_plan(bool bf16, int M, int N, int K, int sm_count, GemmConfig want, GemmPlan* plan);
+cudaError_t gemm_launch(bool bf16, const GemmPlan& plan, const MmaArgs& args, cudaStream_t stream);
+
 // w_out [N, K] fp16/bf16 (kernel-column order) = dequant(W).
 cudaError_t dequant_launch(bool bf16, const void* qweight, const uint32_t* scales, const uint32_t* zeros, int N,
                            int K, int group, void* w_out, cudaStream_t stream);

@@ -285,13 +285,13 @@ void test_llama_shapes(W4A16Context& ctx, bool quick) {
   struct Shape { int64_t out, in; };
   std::vector<Shape> shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 8192},
                                {28672, 8192}, {8192, 28672}, {1536, 576}, {576, 1536}};
-  std::vector<int64_t> ms = {1, 4, 8, 16, 64, 256};
+  std::vector<int64_t> ms = {1, 4, 8, 16, 32, 64, 128, 256};
   if (quick) shapes = {{1536, 576}, {576, 1536}}, ms = {1, 8, 16, 64};
   std::printf("Llama shapes (fp16, AWQ-style asymmetric g128; g64 for in = 576), all paths:\n");
   for (const Shape& sh : shapes) {
     // g = 128, or 64 where 128 does not divide in (576: SmolLM-class models quantise with g = 64 or 32).
     const Quant q = make_quant(sh.out, sh.in, sh.in % 128 == 0 ? 128 : 64, false, false, rng);
-    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kCublas},
+    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kCublas},
                  std::to_string(sh.out) + "x" + std::to_string(sh.in), rng);
   }
 }
@@ -311,7 +311,8 @@ void test_variants(W4A16Context& ctx, bool quick) {
           const std::string label = std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" +
                                     (g ? std::to_string(g) : std::string("=in")) + (sym ? " sym" : " asym") +
                                     (ao ? " act-order" : "");
-          check_weight(ctx, q, act, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kCublas}, label, rng, 1 << 30, false);
+          check_weight(ctx, q, act, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kCublas}, label, rng,
+                       1 << 30, false);
         }
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
   // Every mma block shape and forced split-K, on a shape where split-K tiles do not divide evenly.
@@ -355,6 +356,29 @@ void test_variants(W4A16Context& ctx, bool quick) {
   }
   ctx.set_gemv_tuning({});
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
+  // Every gemm block shape (1..8: BM 16..256, 8 and 16 warps) with forced K splits, on N = 1568 (a partial last block for BN = 64
+  // and 128) and 25 K tiles (uneven slices; stages partly past the K range for KC = 2, 4), batch sizes below,
+  // at and across a block's BM, for g64 act-order (one scale slot per chunk) and g32 (four), fp16 and bf16.
+  const int64_t hn = quick ? 96 : 1568, hk = quick ? 576 : 1600;
+  std::printf("gemm shapes (shape, split) on [%ld, %ld]:\n", (long)hn, (long)hk);
+  for (int64_t g : {64, 32})
+    for (bool sym : {false, true}) {
+      const Quant qh = make_quant(hn, hk, g, sym, g == 64, rng);
+      for (ActType act : {ActType::kF16, ActType::kBF16})
+        for (int shape = 1; shape <= 8; ++shape)
+          for (int split : {1, 3, 0}) {
+            if (quick && split == 0) continue;
+            ctx.set_gemm_tuning({shape, split});
+            check_weight(ctx, qh, act, quick ? std::vector<int64_t>{3, 40} : std::vector<int64_t>{3, 40, 77, 200},
+                         {W4Path::kGemm},
+                         std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" + std::to_string(g) +
+                             (sym ? " sym" : " asym") + " shape=" + std::to_string(shape) +
+                             " split=" + std::to_string(split),
+                         rng, 1 << 30, false);
+          }
+    }
+  ctx.set_gemm_tuning({});
+  std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
 }
 
 void test_api_errors(W4A16Context& ctx) {
@@ -378,6 +402,25 @@ void test_api_errors(W4A16Context& ctx) {
   const CudaStatus s4 = ctx.linear(dw, dx.p, kW4GemvMaxM + 1, ActType::kF16, dy.p, nullptr, W4Path::kGemv);
   EXPECT(!s4.is_ok() && s4.message().find("gemv") != std::string::npos, "gemv rejects M > %ld: %s",
          (long)kW4GemvMaxM, s4.message().c_str());
+  // gemm needs out % 32 == 0: a [48, 128] weight is refused on kGemm and kAuto falls back to mma.
+  const Quant q48 = make_quant(48, 128, 64, true, false, rng);
+  W4A16Packed p48;
+  (void)repack(q48, &p48);
+  W4A16DeviceWeight dw48;
+  EXPECT(W4A16DeviceWeight::upload(p48, &dw48).is_ok(), "upload [48, 128]");
+  const CudaStatus s5 = ctx.linear(dw48, dx.p, 4, ActType::kF16, dy.p, nullptr, W4Path::kGemm);
+  EXPECT(!s5.is_ok() && s5.message().find("out % 32") != std::string::npos, "gemm rejects out = 48: %s",
+         s5.message().c_str());
+  EXPECT(ctx.auto_path(dw48, kW4GemmMinM) == W4Path::kMma, "kAuto does not pick gemm for out = 48");
+  // The measured crossovers (w4a16.h): mma below kW4GemmMinM, gemm up to kW4CublasCrossoverM on large
+  // weights, dequant + cuBLAS above; small weights stay on mma. Only the shape fields matter here.
+  W4A16DeviceWeight big, small;
+  big.out = 8192, big.in = 8192, small.out = 4096, small.in = 4096;
+  EXPECT(ctx.auto_path(big, kW4GemmMinM - 1) == W4Path::kMma, "kAuto: mma below kW4GemmMinM");
+  EXPECT(ctx.auto_path(big, 64) == W4Path::kGemm && ctx.auto_path(big, kW4CublasCrossoverM) == W4Path::kGemm,
+         "kAuto: gemm on a large weight at M = 64 .. kW4CublasCrossoverM");
+  EXPECT(ctx.auto_path(big, kW4CublasCrossoverM + 1) == W4Path::kCublas, "kAuto: dequant+cuBLAS above the crossover");
+  EXPECT(ctx.auto_path(small, 64) == W4Path::kMma, "kAuto: mma on a weight under kW4GemmMinWeights");
 }
 
 }  // namespace
