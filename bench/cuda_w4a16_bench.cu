@@ -1,16 +1,16 @@
 // Benchmark of the CUDA W4A16 linear (src/kernels/cuda/w4a16.h) against cuBLAS fp16 GEMM, same run, same card.
 //
-//   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--sweep-gemm] [--launch-test] [--profile] [--ms 1,2,4]
-//                    [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--csv FILE]
+//   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--sweep-gemm] [--sweep-wgmma] [--launch-test] [--profile]
+//                    [--ms 1,2,4] [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--csv FILE]
 //   --sweep-mma: mma warps per block x split-K x PDL; --launch-test: graph vs stream vs isolated launches, PDL
 //   off/on, and cuBLAS fp16 the same ways; --profile: only 3 plain mma launches per case (for Nsight Compute);
-//   --sweep-gemm: gemm block shape x split-K at M >= 16.
+//   --sweep-gemm: gemm block shape x split-K at M >= 16; --sweep-wgmma: wgmma block batch rows x cluster split.
 // Weights are random packed bytes (the layout is a bijection, so any bytes are a valid weight), drawn with a
 // fast generator instead of going through w4a16_repack, which takes seconds on the 70B shapes.
 //
 // Per Llama shape and batch M: validate (mma path vs dequant+cuBLAS path on the same W4 weight), then time
-// the auto path, the mma path, the gemm path (M >= 8), the dequant+cuBLAS path and cuBLAS fp16 on an fp16
-// weight of the same shape.
+// the auto path, the mma path, the gemm path (M >= 8), the wgmma path (sm_90a builds on a cc 9.0 device, out %
+// 128 == 0), the dequant+cuBLAS path and cuBLAS fp16 on an fp16 weight of the same shape. TFLOPS = 2 M N K / time.
 // Timing: each measurement is a CUDA graph of 20 calls that rotate over enough weight copies to exceed 3x
 // the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 31 timed replays
 // (CUDA events) divided by 20. Effective GB/s counts the weight (codes + scales + zeros), x and y once.
@@ -161,7 +161,7 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false, sweep_mma = false, sweep_gemm = false, launch_test = false, profile = false;
+  bool quick = false, sweep = false, sweep_mma = false, sweep_gemm = false, sweep_wgmma = false, launch_test = false, profile = false;
   const char* csv_path = nullptr;
   const char* ms_arg = nullptr;
   const char* shapes_arg = nullptr;
@@ -174,6 +174,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shapes_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--sweep-mma")) sweep_mma = true;
     else if (!std::strcmp(argv[i], "--sweep-gemm")) sweep_gemm = true;
+    else if (!std::strcmp(argv[i], "--sweep-wgmma")) sweep_wgmma = true;
     else if (!std::strcmp(argv[i], "--launch-test")) launch_test = true;
     else if (!std::strcmp(argv[i], "--profile")) profile = true;
     else if (!std::strcmp(argv[i], "--mma-tuning") && i + 1 < argc) {
@@ -183,7 +184,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "unknown flag %s (use --quick, --sweep, --sweep-mma, --launch-test, --profile, --ms LIST, "
+                   "unknown flag %s (use --quick, --sweep, --sweep-mma, --sweep-gemm, --sweep-wgmma, --launch-test, --profile, --ms LIST, "
                    "--shapes OUTxIN,..., --mma-tuning nt,r,split,warps,pdl, --csv FILE)\n",
                    argv[i]);
       return 2;
@@ -250,12 +251,14 @@ int main(int argc, char** argv) {
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
   if (csv)
     std::fprintf(csv, "gpu,shape,out,in,M,path,plan,us,gbs,pct_copy,fp16_us,speedup,gemv_us,mma_us,gemm_us,"
-                      "dequant_cublas_us,gemv_pdl_us\n");
+                      "dequant_cublas_us,gemv_pdl_us,wgmma_us,wgmma_plan,wgmma_tflops,fp16_tflops\n");
 
   std::mt19937_64 rng(7);
-  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s %9s %9s | %7s\n", "shape", "out", "in",
-              "M", "auto path", "auto us", "GB/s", "%copy", "gemv us", "gemv+pdl", "mma us", "gemm us", "deq+cub us",
-              "fp16 us", "speedup");
+  const bool wgmma_ok = ctx.wgmma_available();
+  std::printf("wgmma path: %s\n", wgmma_ok ? "available (sm_90a code on a cc 9.0 device)" : "not available here");
+  std::printf("\n%-12s %6s %6s %4s | %-15s %9s %7s %6s | %9s %9s %9s %9s %9s %9s %9s | %7s %7s %7s\n", "shape", "out",
+              "in", "M", "auto path", "auto us", "GB/s", "%copy", "gemv us", "gemv+pdl", "mma us", "gemm us",
+              "wgmma us", "deq+cub us", "fp16 us", "speedup", "wg TF/s", "f16 TF/s");
   for (const Shape& sh : shapes) {
     const int64_t N = sh.out, K = sh.in, g = K % 128 == 0 ? 128 : 64, G = K / g;  // g64 for in = 576
     // Random AWQ-style weight: asymmetric, g = 128 (64 for in = 576): random codes and zeros, scales in
@@ -308,10 +311,12 @@ int main(int argc, char** argv) {
       // of the truth)
       const bool has_gemv = M <= kW4GemvMaxM;
       const bool has_gemm = M >= 8 && N % 32 == 0;
+      const bool has_wgmma = wgmma_ok && N % 128 == 0;
       CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
-      for (W4Path p : {W4Path::kMma, W4Path::kGemv, W4Path::kGemm}) {
+      for (W4Path p : {W4Path::kMma, W4Path::kGemv, W4Path::kGemm, W4Path::kWgmma}) {
         if (p == W4Path::kGemv && !has_gemv) continue;
         if (p == W4Path::kGemm && !has_gemm) continue;
+        if (p == W4Path::kWgmma && !has_wgmma) continue;
         CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, p));
         std::vector<__half> h1(M * N), h2(M * N);
         CK(cudaMemcpyAsync(h1.data(), y, M * N * 2, cudaMemcpyDeviceToHost, g_stream));
@@ -339,6 +344,7 @@ int main(int argc, char** argv) {
       const double t_gemv = has_gemv ? run_path(W4Path::kGemv) : -1;
       const double t_mma = run_path(W4Path::kMma);
       const double t_gemm = has_gemm ? run_path(W4Path::kGemm) : -1;
+      const double t_wgmma = has_wgmma ? run_path(W4Path::kWgmma) : -1;
       double t_gemv_pdl = -1;  // the gemv path with programmatic dependent launch (weights of call i+1 overlap call i)
       if (has_gemv) {
         W4A16Context::GemvTuning gt;
@@ -351,6 +357,7 @@ int main(int argc, char** argv) {
       const double t_auto = auto_p == W4Path::kGemv   ? t_gemv
                             : auto_p == W4Path::kMma  ? t_mma
                             : auto_p == W4Path::kGemm ? t_gemm
+                            : auto_p == W4Path::kWgmma ? t_wgmma
                                                       : t_cub;
       const float alpha = 1.f, beta = 0.f;
       const double t_f16 = time_us([&](int i) {
@@ -365,15 +372,39 @@ int main(int argc, char** argv) {
         else std::snprintf(b, sizeof b, "%9.2f", t);
         return std::string(b);
       };
-      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %s %s %9.2f | %6.2fx\n", sh.name,
-                  (long)N, (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs,
+      const double flop = 2.0 * M * N * K;
+      const double wg_tf = t_wgmma > 0 ? flop / (t_wgmma * 1e-6) / 1e12 : -1, f16_tf = flop / (t_f16 * 1e-6) / 1e12;
+      std::printf("%-12s %6ld %6ld %4ld | %-15s %9.2f %7.0f %5.1f%% | %s %s %s %s %s %s %9.2f | %6.2fx %7.1f %7.1f\n",
+                  sh.name, (long)N, (long)K, (long)M, w4_path_name(auto_p), t_auto, gbs, 100 * gbs / copy_gbs,
                   cell(t_gemv).c_str(), cell(t_gemv_pdl).c_str(), cell(t_mma).c_str(), cell(t_gemm).c_str(),
-                  cell(t_cub).c_str(), t_f16, t_f16 / t_auto);
+                  cell(t_wgmma).c_str(), cell(t_cub).c_str(), t_f16, t_f16 / t_auto, wg_tf, f16_tf);
       if (csv)
-        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n", prop.name,
-                     sh.name, (long)N, (long)K, (long)M, w4_path_name(auto_p),
+        std::fprintf(csv, "%s,%s,%ld,%ld,%ld,%s,%s,%.3f,%.1f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s,%.1f,%.1f\n",
+                     prop.name, sh.name, (long)N, (long)K, (long)M, w4_path_name(auto_p),
                      ctx.describe(w4[0], M, ActType::kF16, auto_p).c_str(), t_auto, gbs, 100 * gbs / copy_gbs, t_f16,
-                     t_f16 / t_auto, t_gemv, t_mma, t_gemm, t_cub, t_gemv_pdl);
+                     t_f16 / t_auto, t_gemv, t_mma, t_gemm, t_cub, t_gemv_pdl, t_wgmma,
+                     has_wgmma ? ctx.describe(w4[0], M, ActType::kF16, W4Path::kWgmma).c_str() : "-", wg_tf, f16_tf);
+      if (sweep_wgmma && has_wgmma) {  // wgmma block batch rows x cluster split: which wins, for wgmma_plan
+        std::string line;
+        double best = 1e30;
+        std::string best_s;
+        for (int bm : {64, 128, 256})
+          for (int split : {0, 1, 2, 3, 4}) {
+            if (4 * bm < M) continue;
+            ctx.set_wgmma_tuning({bm, split});
+            CKS(ctx.linear(w4[0], x, M, ActType::kF16, y, g_stream, W4Path::kWgmma));  // grows the workspace
+            const double tw = run_path(W4Path::kWgmma);
+            const std::string d = ctx.describe(w4[0], M, ActType::kF16, W4Path::kWgmma);
+            if (tw < best) best = tw, best_s = d;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, " b%d/k%d:%.2f", bm, split, tw);
+            line += buf;
+          }
+        ctx.set_wgmma_tuning({});
+        std::printf("    sweep-wgmma M=%ld:%s | best %.2f us %s\n", (long)M, line.c_str(), best, best_s.c_str());
+        if (csv) std::fprintf(csv, "#sweep-wgmma,%s,%ld,%ld,%ld,%s,%.3f\n", sh.name, (long)N, (long)K, (long)M,
+                              best_s.c_str(), best);
+      }
       if (sweep_gemm && has_gemm && M >= 16) {  // gemm block shape x split: which wins, for gemm_plan
         std::string line;
         double best = 1e30;

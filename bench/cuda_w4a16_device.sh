@@ -2,7 +2,9 @@
 # Builds the W4A16 CUDA library, test and benchmark with nvcc alone and runs them on a GPU machine.
 # It needs nothing but the CUDA toolkit (the GPU machine lacks the CPU build's fmt / BLAS / Highway / GTest),
 # and it does not compile qforge_lib, so other work in progress under src/ cannot break it.
-#   bash bench/cuda_w4a16_device.sh [build|test|sanitize|bench|sweep|sweep-gemm|all]...
+#   bash bench/cuda_w4a16_device.sh [build|test|sanitize|bench|sweep|sweep-gemm|wgmma|all]...
+#   wgmma: the Hopper wgmma path only: its tests, memcheck on them, and the benchmark at M = 64..256 on the six
+#   Llama shapes (bench_wgmma.csv).
 #   (default: all = build test sanitize bench)
 # Logs go to $OUT (or ./out/cuda_w4a16) when set.
 set -uo pipefail
@@ -34,6 +36,15 @@ for step in "${steps[@]}"; do
     sweep-gemm)
       "$B/cuda_w4a16_bench" --ms 16,32,64,128,256 --sweep-gemm \
         --shapes 4096x4096,11008x4096,4096x11008,8192x8192,28672x8192,8192x28672 2>&1 | tee "$LOG/sweep_gemm.log"
+      rc=$((rc | PIPESTATUS[0])) ;;
+    wgmma)
+      "$B/cuda_w4a16_test" --gpu --wgmma-only 2>&1 | tee "$LOG/test_wgmma.log" | grep -v "^  .* ok$"
+      rc=$((rc | PIPESTATUS[0]))
+      compute-sanitizer --tool memcheck --error-exitcode 3 "$B/cuda_w4a16_test" --gpu --quick --wgmma-only 2>&1 \
+        | tail -n 8 | tee "$LOG/memcheck_wgmma.log"
+      rc=$((rc | PIPESTATUS[0]))
+      "$B/cuda_w4a16_bench" --ms 64,128,192,256 --csv "$LOG/bench_wgmma.csv" \
+        --shapes 4096x4096,11008x4096,4096x11008,8192x8192,28672x8192,8192x28672 2>&1 | tee "$LOG/bench_wgmma.log"
       rc=$((rc | PIPESTATUS[0])) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -101,14 +101,16 @@ struct W4A16Context::Impl {
   MmaTuning tuning;
   GemvTuning gemv_tuning;
   GemmTuning gemm_tuning;
+  WgmmaTuning wgmma_tuning;
+  bool wgmma_ok = false;  // sm_90a device code on a cc 9.0 device (w4a16_wgmma.cu)
   struct Buffer {
     void* ptr = nullptr;
     size_t bytes = 0;
   };
-  Buffer partial, counters, xperm, wdeq;
+  Buffer partial, counters, xperm, wdeq, xstage;
 
   ~Impl() {
-    for (Buffer* b : {&partial, &counters, &xperm, &wdeq})
+    for (Buffer* b : {&partial, &counters, &xperm, &wdeq, &xstage})
       if (b->ptr) (void)cudaFree(b->ptr);
     if (cublas) (void)cublasDestroy(cublas);
   }
@@ -124,6 +126,11 @@ struct W4A16Context::Impl {
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     cc_major = major;
     if (major < 8) return CudaStatus::error("W4A16: needs compute capability 8.0 or newer (mma.sync bf16, cp.async)");
+    if (major == 9) {
+      int minor = 0;
+      CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+      if (minor == 0) CUDA_CHECK(detail::wgmma_available(&wgmma_ok));  // sm_90a code is for cc 9.0 only
+    }
     CUBLAS_CHECK(cublasCreate(&cublas));
     device = dev;
     return CudaStatus::ok();
@@ -169,9 +176,17 @@ W4A16Context::~W4A16Context() = default;
 void W4A16Context::set_mma_tuning(MmaTuning t) { impl_->tuning = t; }
 void W4A16Context::set_gemv_tuning(GemvTuning t) { impl_->gemv_tuning = t; }
 void W4A16Context::set_gemm_tuning(GemmTuning t) { impl_->gemm_tuning = t; }
+void W4A16Context::set_wgmma_tuning(WgmmaTuning t) { impl_->wgmma_tuning = t; }
+bool W4A16Context::wgmma_available() { return impl_->init().is_ok() && impl_->wgmma_ok; }
 
 W4Path W4A16Context::auto_path(const W4A16DeviceWeight& w, int64_t M) const {
   if (M <= kW4GemvCrossoverM) return W4Path::kGemv;
+  const int64_t weights = w.out * w.in;
+  const bool wgmma_big = M >= kW4WgmmaMinM && weights >= kW4WgmmaMinWeights;
+  const bool wgmma_small = M >= kW4WgmmaMinMSmall && weights >= kW4WgmmaMinWeightsSmall;
+  if (impl_->wgmma_ok && (wgmma_big || wgmma_small) &&
+      detail::wgmma_supported(static_cast<int>(w.out), static_cast<int>(w.in), static_cast<int>(w.group_size)))
+    return W4Path::kWgmma;
   if (M > kW4CublasCrossoverM) return W4Path::kCublas;
   const bool gemm_ok = w.out % 32 == 0 && w.out * w.in >= kW4GemmMinWeights;
   return M >= kW4GemmMinM && gemm_ok ? W4Path::kGemm : W4Path::kMma;
@@ -181,6 +196,15 @@ std::string W4A16Context::describe(const W4A16DeviceWeight& w, int64_t M, ActTyp
   if (path == W4Path::kAuto) path = auto_path(w, M);
   if (path == W4Path::kCublas) return "dequant+cublas";
   const int sms = impl_->sm_count > 0 ? impl_->sm_count : 132;
+  if (path == W4Path::kWgmma) {
+    detail::WgmmaPlan wp;
+    const detail::WgmmaConfig want{impl_->wgmma_tuning.bm, impl_->wgmma_tuning.split};
+    if (detail::wgmma_plan(static_cast<int>(M), static_cast<int>(w.out), static_cast<int>(w.in),
+                           static_cast<int>(w.group_size), sms, want, &wp) != cudaSuccess)
+      return "wgmma (no plan)";
+    return "wgmma bm=" + std::to_string(wp.cfg.bm) + " split=" + std::to_string(wp.cfg.split) + " grid=" +
+           std::to_string(wp.grid.x) + "x" + std::to_string(wp.grid.y) + "x" + std::to_string(wp.grid.z);
+  }
   if (path == W4Path::kGemm) {
     detail::GemmPlan gp;
     const detail::GemmConfig want{impl_->gemm_tuning.shape, impl_->gemm_tuning.split};
@@ -230,13 +254,37 @@ CudaStatus W4A16Context::linear(const W4A16DeviceWeight& w, const void* x, int64
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const bool bf16 = act == ActType::kBF16;
   const int N = static_cast<int>(w.out), K = static_cast<int>(w.in), Mi = static_cast<int>(M);
+  if (path == W4Path::kAuto) path = auto_path(w, M);
+  if (path == W4Path::kWgmma) {
+    if (!impl_->wgmma_ok)
+      return CudaStatus::error(what + ": the wgmma path needs a compute capability 9.0 device and a build with "
+                               "sm_90a device code");
+    if (!detail::wgmma_supported(N, K, static_cast<int>(w.group_size)))
+      return CudaStatus::error(what + ": the wgmma path needs out % 128 == 0 (use gemm or mma)");
+    detail::MmaArgs a;
+    a.qweight = w.qweight;
+    a.scales = static_cast<const uint32_t*>(w.scales);
+    a.zeros = static_cast<const uint32_t*>(w.zeros);
+    a.x = x;  // the staging kernel applies the act-order gather itself
+    a.y = y;
+    a.M = Mi, a.N = N, a.K = K, a.group = static_cast<int>(w.group_size);
+    if ((w.group_size & (w.group_size - 1)) == 0) {
+      a.group_shift = 0;
+      while ((int64_t{1} << a.group_shift) < w.group_size) ++a.group_shift;
+    }
+    detail::WgmmaPlan wp;
+    const detail::WgmmaConfig want{impl_->wgmma_tuning.bm, impl_->wgmma_tuning.split};
+    CUDA_CHECK(detail::wgmma_plan(Mi, N, K, a.group, impl_->sm_count, want, &wp));
+    QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->xstage, wp.xs_bytes, false, stream));
+    CUDA_CHECK(detail::wgmma_launch(bf16, wp, a, static_cast<const int32_t*>(w.perm), impl_->xstage.ptr, stream));
+    return CudaStatus::ok();
+  }
   const void* xk = x;
   if (w.perm) {  // act-order: gather x into kernel-column order
     QF_RETURN_IF_CUDA_ERROR(impl_->grow(&impl_->xperm, static_cast<size_t>(M) * K * 2, false, stream));
     CUDA_CHECK(detail::permute_launch(x, static_cast<const int32_t*>(w.perm), Mi, K, impl_->xperm.ptr, stream));
     xk = impl_->xperm.ptr;
   }
-  if (path == W4Path::kAuto) path = auto_path(w, M);
   if (path == W4Path::kGemv && M > kW4GemvMaxM)
     return CudaStatus::error(what + ": the gemv path takes batch M <= " + std::to_string(kW4GemvMaxM));
   if (path == W4Path::kGemm && N % 32 != 0)

@@ -18,6 +18,11 @@
 //             activations), dequantises each weight word once into registers and reuses it across all the
 //             warp's batch tiles; split-K over blocks with a deterministic fix-up while the grid is under a wave.
 //             Needs out % 32 == 0.
+//   wgmma   - Hopper only (sm_90a build on a cc 9.0 device; w4a16_wgmma.cu): warpgroup MMA with the dequantised
+//             weight as the register A operand and the activations (staged once per call into wgmma's swizzled
+//             layout) as the shared-memory B operand; a producer thread feeds a multi-stage mbarrier ring with bulk
+//             copies; split-K over a thread-block cluster, reduced in rank order through distributed shared
+//             memory. Needs out % 128 == 0. kAuto uses it on such devices from batch kW4WgmmaMinM.
 //   cublas  - dequantize W to fp16/bf16 in a workspace and call cuBLAS (for large batches, as vLLM does).
 // The packed layout is in w4a16_layout.h.
 #pragma once
@@ -49,7 +54,7 @@ class [[nodiscard]] CudaStatus {
 };
 
 enum class ActType { kF16, kBF16 };
-enum class W4Path { kAuto, kGemv, kMma, kGemm, kCublas };
+enum class W4Path { kAuto, kGemv, kMma, kGemm, kCublas, kWgmma };
 const char* w4_path_name(W4Path p);
 
 // Host-side packed weight (w4a16_layout.h). Build it with w4a16_repack.
@@ -156,6 +161,15 @@ class W4A16Context {
     int shape = 0, split = 0;
   };
   void set_gemm_tuning(GemmTuning t);
+  // Benchmark / tuning hook for the wgmma path: batch rows per block (64, 128, 256), K slices over a cluster
+  // (1..4); 0 = built in.
+  struct WgmmaTuning {
+    int bm = 0, split = 0;
+  };
+  void set_wgmma_tuning(WgmmaTuning t);
+  // Whether the wgmma path can run here (sm_90a device code on a compute capability 9.0 device); initialises the
+  // context on the current device.
+  bool wgmma_available();
 
  private:
   std::unique_ptr<Impl> impl_;
@@ -176,5 +190,14 @@ inline constexpr bool kW4MmaPdlDefault = false;
 inline constexpr int64_t kW4GemmMinM = 33;
 inline constexpr int64_t kW4GemmMinWeights = int64_t{1} << 25;
 inline constexpr int64_t kW4CublasCrossoverM = 128;
+// kAuto on devices where the wgmma path runs (w4a16_wgmma.cu, sm_90a), weights with out % 128 == 0 (measured on
+// H100 80GB HBM3, docs/cuda-kernels.md, "Warpgroup MMA"): wgmma from batch kW4WgmmaMinM on weights of at least
+// kW4WgmmaMinWeights elements (70B-class: it ties gemm at M = 64 and wins 1.5-1.8x at 128), and from batch
+// kW4WgmmaMinMSmall on weights of at least kW4WgmmaMinWeightsSmall (7B-class: at M = 64 gemm / mma win by 1.2-1.6x,
+// at M = 128 wgmma wins by 1.01-1.25x); the paths above elsewhere.
+inline constexpr int64_t kW4WgmmaMinM = 65;
+inline constexpr int64_t kW4WgmmaMinWeights = int64_t{1} << 26;
+inline constexpr int64_t kW4WgmmaMinMSmall = 128;
+inline constexpr int64_t kW4WgmmaMinWeightsSmall = int64_t{1} << 24;
 
 }  // namespace qforge::cuda

@@ -1,4 +1,5 @@
-// Internal launchers of the W4A16 kernels (w4a16_mma.cu, w4a16_dequant.cu); w4a16.cu is the only user.
+// Internal launchers of the W4A16 kernels (w4a16_mma.cu, w4a16_gemm.cu, w4a16_wgmma.cu, w4a16_dequant.cu, ...);
+// w4a16.cu is the only user.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -76,6 +77,27 @@ struct GemmPlan {
 int gemm_block_n(int shape);
 cudaError_t gemm_plan(bool bf16, int M, int N, int K, int sm_count, GemmConfig want, GemmPlan* plan);
 cudaError_t gemm_launch(bool bf16, const GemmPlan& plan, const MmaArgs& args, cudaStream_t stream);
+
+// Hopper warpgroup-MMA GEMM (w4a16_wgmma.cu, sm_90a only): blocks of 128 output rows x bm (64, 128, 256) batch
+// rows, split = K slices over a thread-block cluster (<= 4); 0 = choose. Needs N % 128 == 0. The activations
+// are first staged (kernel-column order, wgmma slot order, swizzled, zero-padded to m_pad rows) into a
+// workspace of xs_bytes.
+struct WgmmaConfig {
+  int bm = 0, split = 0;
+};
+struct WgmmaPlan {
+  WgmmaConfig cfg;
+  dim3 grid;
+  int m_pad = 0;
+  size_t xs_bytes = 0;  // activation staging workspace
+};
+bool wgmma_supported(int N, int K, int group);
+// Whether the device code for the current device holds the wgmma kernels (built for sm_90a and running on it).
+cudaError_t wgmma_available(bool* ok);
+cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig want, WgmmaPlan* plan);
+// perm [K] (act-order gather) or null; xs: workspace of plan.xs_bytes, 16-byte aligned.
+cudaError_t wgmma_launch(bool bf16, const WgmmaPlan& plan, const MmaArgs& args, const int32_t* perm, void* xs,
+                         cudaStream_t stream);
 
 // w_out [N, K] fp16/bf16 (kernel-column order) = dequant(W).
 cudaError_t dequant_launch(bool bf16, const void* qweight, const uint32_t* scales, const uint32_t* zeros, int N,

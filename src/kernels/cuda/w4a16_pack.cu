@@ -43,6 +43,7 @@ const char* w4_path_name(W4Path p) {
     case W4Path::kGemv: return "gemv";
     case W4Path::kMma: return "mma";
     case W4Path::kGemm: return "gemm";
+    case W4Path::kWgmma: return "wgmma";
     case W4Path::kCublas: return "dequant+cublas";
   }
   return "?";

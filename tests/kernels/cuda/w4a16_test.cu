@@ -3,7 +3,7 @@
 //   cuda_w4a16_layout  (--host): pack / unpack round trips, the documented bit order, error messages.
 //   cuda_w4a16_gpu     (--gpu, LABELS gpu): kernels against the f64 host reference on Llama shapes.
 //     Without a GPU it prints "GPU TESTS NOT RUN" and exits 77, which CTest reports as skipped.
-//   --quick: small shapes only (for compute-sanitizer).
+//   --quick: small shapes only (for compute-sanitizer). --wgmma-only: API checks and the wgmma path only.
 //
 // Error bound (per output y[m, n], A = sum_k |x[m,k] * w[n,k]| with w the exact dequantised weight):
 //   |y - y_ref| <= u_w * A          the dequantised weight is rounded once to the activation type
@@ -237,6 +237,7 @@ void check_weight(W4A16Context& ctx, const Quant& q, ActType act, const std::vec
     REQUIRE_CUDA(cudaMemcpy(dx.p, xb.data(), M * K * 2, cudaMemcpyHostToDevice));
     for (W4Path path : paths) {
       if (path == W4Path::kGemv && M > kW4GemvMaxM) continue;  // gemv is the small-batch path
+      if (path == W4Path::kWgmma && (!ctx.wgmma_available() || N % 128 != 0)) continue;  // see test_wgmma
       REQUIRE_CUDA(cudaMemset(dy.p, 0xFF, M * N * 2));  // NaN poison in fp16 and bf16
       const CudaStatus sl = ctx.linear(dw, dx.p, M, act, dy.p, nullptr, path);
       EXPECT(sl.is_ok(), "%s M=%ld %s: %s", label.c_str(), (long)M, w4_path_name(path), sl.message().c_str());
@@ -291,7 +292,7 @@ void test_llama_shapes(W4A16Context& ctx, bool quick) {
   for (const Shape& sh : shapes) {
     // g = 128, or 64 where 128 does not divide in (576: SmolLM-class models quantise with g = 64 or 32).
     const Quant q = make_quant(sh.out, sh.in, sh.in % 128 == 0 ? 128 : 64, false, false, rng);
-    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kCublas},
+    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kWgmma, W4Path::kCublas},
                  std::to_string(sh.out) + "x" + std::to_string(sh.in), rng);
   }
 }
@@ -311,7 +312,7 @@ void test_variants(W4A16Context& ctx, bool quick) {
           const std::string label = std::string(act == ActType::kF16 ? "f16" : "bf16") + " g" +
                                     (g ? std::to_string(g) : std::string("=in")) + (sym ? " sym" : " asym") +
                                     (ao ? " act-order" : "");
-          check_weight(ctx, q, act, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kCublas}, label, rng,
+          check_weight(ctx, q, act, ms, {W4Path::kGemv, W4Path::kMma, W4Path::kGemm, W4Path::kWgmma, W4Path::kCublas}, label, rng,
                        1 << 30, false);
         }
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
@@ -381,6 +382,77 @@ void test_variants(W4A16Context& ctx, bool quick) {
   std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
 }
 
+// The Hopper wgmma path (w4a16_wgmma.cu). Reported as not run (not skipped silently) where the device or the build
+// lacks sm_90a code. Llama shapes at M = 64, 77, 128, 192, 255, 256, 300 (odd, partial and two batch tiles);
+// g32/64/128/per-channel x sym/asym x act-order x fp16/bf16; every block height x cluster split on [384, 1600]
+// (25 K tiles: uneven slices); bit-identical results on repeated calls (the split-K sum has a fixed order).
+void test_wgmma(W4A16Context& ctx, bool quick) {
+  if (!ctx.wgmma_available()) {
+    std::printf("WGMMA TESTS NOT RUN: the device is not compute capability 9.0 or the build has no sm_90a code\n");
+    return;
+  }
+  std::mt19937_64 rng(11);
+  std::printf("wgmma: Llama shapes (fp16, asymmetric g128):\n");
+  struct Shape { int64_t out, in; };
+  std::vector<Shape> shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {8192, 8192}, {28672, 8192}, {8192, 28672}};
+  std::vector<int64_t> ms = {64, 77, 128, 192, 255, 256, 300};
+  if (quick) shapes = {{1536, 576}}, ms = {1, 77, 128, 256};
+  for (const Shape& sh : shapes) {
+    const Quant q = make_quant(sh.out, sh.in, sh.in % 128 == 0 ? 128 : 64, false, false, rng);
+    check_weight(ctx, q, ActType::kF16, ms, {W4Path::kWgmma}, std::to_string(sh.out) + "x" + std::to_string(sh.in),
+                 rng, 1 << 28);
+  }
+  std::printf("wgmma: variants:\n");
+  const int64_t out = quick ? 256 : 1024, in = quick ? 512 : 2048;
+  for (int64_t g : {32, 64, 128, 0})
+    for (bool sym : {true, false})
+      for (bool act : {false, true})
+        for (ActType at : {ActType::kF16, ActType::kBF16}) {
+          if (quick && (act || g == 64)) continue;
+          const Quant q = make_quant(out, in, g, sym, act, rng);
+          const std::string label = std::string(at == ActType::kF16 ? "f16" : "bf16") + " g" + std::to_string(g) +
+                                    (sym ? " sym" : " asym") + (act ? " act-order" : "");
+          check_weight(ctx, q, at, quick ? std::vector<int64_t>{3, 130} : std::vector<int64_t>{1, 33, 128, 200},
+                       {W4Path::kWgmma}, label, rng, 1 << 30, !quick);
+        }
+  std::printf("wgmma: block heights x cluster splits on [%d, 1600]:\n", quick ? 128 : 384);
+  const Quant qs = make_quant(quick ? 128 : 384, 1600, 64, false, true, rng);  // 25 K tiles, act-order
+  for (ActType at : {ActType::kF16, ActType::kBF16})
+    for (int bm : {64, 128, 256})
+      for (int split : {1, 2, 3, 4}) {
+        if (quick && (split == 2 || at == ActType::kBF16)) continue;
+        ctx.set_wgmma_tuning({bm, split});
+        check_weight(ctx, qs, at, quick ? std::vector<int64_t>{5, 70} : std::vector<int64_t>{5, 70, 255},
+                     {W4Path::kWgmma},
+                     std::string(at == ActType::kF16 ? "f16" : "bf16") + " bm=" + std::to_string(bm) +
+                         " split=" + std::to_string(split),
+                     rng, 1 << 30, false);
+      }
+  // Determinism: the same call twice (cluster split 3) gives the same bits.
+  {
+    ctx.set_wgmma_tuning({128, 3});
+    W4A16Packed p;
+    (void)repack(qs, &p);
+    W4A16DeviceWeight dw;
+    EXPECT(W4A16DeviceWeight::upload(p, &dw).is_ok(), "upload");
+    const int64_t M = 100, N = qs.out, K = qs.in;
+    std::vector<uint16_t> xb(M * K);
+    std::uniform_real_distribution<float> ux(-1.f, 1.f);
+    for (auto& v : xb) v = to_bits(ux(rng), ActType::kF16);
+    DeviceBuf dx(M * K * 2), dy(M * N * 2);
+    REQUIRE_CUDA(cudaMemcpy(dx.p, xb.data(), M * K * 2, cudaMemcpyHostToDevice));
+    std::vector<uint16_t> y1(M * N), y2(M * N);
+    EXPECT(ctx.linear(dw, dx.p, M, ActType::kF16, dy.p, nullptr, W4Path::kWgmma).is_ok(), "wgmma call 1");
+    REQUIRE_CUDA(cudaMemcpy(y1.data(), dy.p, M * N * 2, cudaMemcpyDeviceToHost));
+    REQUIRE_CUDA(cudaMemset(dy.p, 0xFF, M * N * 2));
+    EXPECT(ctx.linear(dw, dx.p, M, ActType::kF16, dy.p, nullptr, W4Path::kWgmma).is_ok(), "wgmma call 2");
+    REQUIRE_CUDA(cudaMemcpy(y2.data(), dy.p, M * N * 2, cudaMemcpyDeviceToHost));
+    EXPECT(y1 == y2, "wgmma split-K results differ between two identical calls");
+  }
+  ctx.set_wgmma_tuning({});
+  std::printf("  %d checks so far, %d failures\n", g_checks, g_failures);
+}
+
 void test_api_errors(W4A16Context& ctx) {
   std::mt19937_64 rng(5);
   const Quant q = make_quant(64, 128, 64, true, false, rng);
@@ -412,27 +484,44 @@ void test_api_errors(W4A16Context& ctx) {
   EXPECT(!s5.is_ok() && s5.message().find("out % 32") != std::string::npos, "gemm rejects out = 48: %s",
          s5.message().c_str());
   EXPECT(ctx.auto_path(dw48, kW4GemmMinM) == W4Path::kMma, "kAuto does not pick gemm for out = 48");
+  const CudaStatus s6 = ctx.linear(dw48, dx.p, 4, ActType::kF16, dy.p, nullptr, W4Path::kWgmma);
+  EXPECT(!s6.is_ok() && s6.message().find("wgmma") != std::string::npos, "wgmma rejects out = 48 (or this device): %s",
+         s6.message().c_str());
   // The measured crossovers (w4a16.h): mma below kW4GemmMinM, gemm up to kW4CublasCrossoverM on large
   // weights, dequant + cuBLAS above; small weights stay on mma. Only the shape fields matter here.
+  // On devices with the wgmma path, kAuto takes it on weights with out % 128 == 0 from kW4WgmmaMinM (at least
+  // kW4WgmmaMinWeights elements) or kW4WgmmaMinMSmall (at least kW4WgmmaMinWeightsSmall).
   W4A16DeviceWeight big, small;
-  big.out = 8192, big.in = 8192, small.out = 4096, small.in = 4096;
-  EXPECT(ctx.auto_path(big, kW4GemmMinM - 1) == W4Path::kMma, "kAuto: mma below kW4GemmMinM");
-  EXPECT(ctx.auto_path(big, 64) == W4Path::kGemm && ctx.auto_path(big, kW4CublasCrossoverM) == W4Path::kGemm,
-         "kAuto: gemm on a large weight at M = 64 .. kW4CublasCrossoverM");
-  EXPECT(ctx.auto_path(big, kW4CublasCrossoverM + 1) == W4Path::kCublas, "kAuto: dequant+cuBLAS above the crossover");
-  EXPECT(ctx.auto_path(small, 64) == W4Path::kMma, "kAuto: mma on a weight under kW4GemmMinWeights");
+  big.out = 8192, big.in = 8192, big.group_size = 128, small.out = 4096, small.in = 4096, small.group_size = 128;
+  const bool wg = ctx.wgmma_available();
+  auto want = [&](const W4A16DeviceWeight& w, int64_t M, W4Path other) {
+    const int64_t n = w.out * w.in;
+    const bool take =
+        (M >= kW4WgmmaMinM && n >= kW4WgmmaMinWeights) || (M >= kW4WgmmaMinMSmall && n >= kW4WgmmaMinWeightsSmall);
+    return wg && take ? W4Path::kWgmma : other;
+  };
+  EXPECT(ctx.auto_path(big, kW4GemmMinM - 1) == want(big, kW4GemmMinM - 1, W4Path::kMma),
+         "kAuto: mma below kW4GemmMinM");
+  EXPECT(ctx.auto_path(big, 64) == want(big, 64, W4Path::kGemm) &&
+             ctx.auto_path(big, kW4CublasCrossoverM) == want(big, kW4CublasCrossoverM, W4Path::kGemm),
+         "kAuto: gemm (or wgmma) on a large weight at M = 64 .. kW4CublasCrossoverM");
+  EXPECT(ctx.auto_path(big, kW4CublasCrossoverM + 1) == want(big, kW4CublasCrossoverM + 1, W4Path::kCublas),
+         "kAuto: dequant+cuBLAS (or wgmma) above the crossover");
+  EXPECT(ctx.auto_path(small, 64) == want(small, 64, W4Path::kMma), "kAuto: mma on a weight under kW4GemmMinWeights");
+  EXPECT(!wg || ctx.auto_path(big, 256) == W4Path::kWgmma, "kAuto: wgmma at M = 256 on sm_90a");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool host = false, gpu = false, quick = false;
+  bool host = false, gpu = false, quick = false, wgmma_only = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--host")) host = true;
     else if (!std::strcmp(argv[i], "--gpu")) gpu = true;
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--wgmma-only")) wgmma_only = true;
     else {
-      std::printf("unknown flag %s (use --host, --gpu, --quick)\n", argv[i]);
+      std::printf("unknown flag %s (use --host, --gpu, --quick, --wgmma-only)\n", argv[i]);
       return 2;
     }
   }
@@ -457,8 +546,11 @@ int main(int argc, char** argv) {
                 prop.major, prop.minor);
     W4A16Context ctx;
     test_api_errors(ctx);
-    test_variants(ctx, quick);
-    test_llama_shapes(ctx, quick);
+    test_wgmma(ctx, quick);
+    if (!wgmma_only) {
+      test_variants(ctx, quick);
+      test_llama_shapes(ctx, quick);
+    }
     std::printf("GPU tests: %d checks, %d failures\n", g_checks, g_failures);
   }
   std::printf("%s\n", g_failures ? "FAILED" : "PASSED");

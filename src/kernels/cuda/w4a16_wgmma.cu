@@ -1,0 +1,590 @@
+// W4A16 GEMM for Hopper (sm_90a) with warpgroup MMA: y^T[N, M] = W[N, K] x^T[K, M], M = 64..256 per block.
+//
+// Why: the mma.sync kernels (w4a16_mma.cu, w4a16_gemm.cu) reach 205-246 TFLOPS at M = 128-256 where cuBLAS
+// fp16 (wgmma) reaches 574-633: mma.sync issues at half of wgmma's rate on Hopper. Here the weight is the
+// wgmma A operand taken from registers (the packed layout of w4a16_layout.h is, per warp, exactly the A
+// fragment of mma.m16n8k16, which is also the per-warp register fragment of wgmma m64nNk16), dequantised by
+// the consumer warps right before the MMA, and the activations are B, read by the tensor cores from a
+// 128-byte-swizzled shared-memory tile through a matrix descriptor. Nothing dequantised goes through shared
+// memory (Machete's "A from registers" route rather than a dequantised B tile in shared memory).
+//
+// Activations. wgmma reads the 16 k-slots of a step as 16 contiguous elements of a shared-memory row, but the
+// packed layout maps step t's slots {2tid, 2tid+1, 2tid+8, 2tid+9} to kernel columns 16tid + 4t + {0..3}.
+// A staging kernel (xstage) therefore writes x once per call into xs [K/64][Mpad][128 B]: row m of 64-column
+// chunk kb holds, at element 16t + s, the kernel column that slot s of step t uses, with the 16-byte chunk c
+// of each 128-byte row stored at c ^ (m & 7) (the wgmma 128-byte swizzle). It also applies the act-order
+// gather (x[m, perm[kc]]) and zero-fills rows M..Mpad-1, so one 1-D bulk copy moves a stage's whole
+// [BM x 64] activation tile into shared memory already in wgmma's layout (no tensor map needed).
+//
+// Block = 3 warpgroups (384 threads), BN = 128 output rows, BM = 64 / 128 / 256 batch rows:
+//   warpgroup 0, one thread: producer. Per stage (64 kernel columns) it waits for the slot to be free
+//     (mbarrier `empty`), then issues cp.async.bulk copies completing on mbarrier `full`: the [BM x 128 B]
+//     activation tile, the 8 packed 512-byte weight tiles, SLOTS rows of BN scales (and zeros).
+//   warpgroups 1, 2: consumers, 64 output rows each (warp w owns one 16-row weight tile). Per stage: wait
+//     `full`, load the lane's 16 weight bytes and its scale/zero, dequantise 4 words into the A fragments of
+//     4 k-steps ((c - z) * s, one rounding: dequant_word2), issue 4 wgmma m64nBMk16 (fp32 accumulators in
+//     registers), commit, wait for the group (the A registers are reused next stage) and release the slot
+//     (`empty`); the two consumer warpgroups overlap each other's dequantisation and MMAs.
+// Split-K runs over a thread-block cluster along z: each block leaves its fp32 tile in its own shared memory,
+// and after a cluster barrier block r sums slice r of the tile over all blocks of the cluster in rank order
+// through distributed shared memory (deterministic, no global partials, no counters).
+#include <cooperative_groups.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/w4a16_device.cuh"
+#include "kernels/cuda/w4a16_kernels.cuh"
+#include "kernels/cuda/w4a16_layout.h"
+
+// wgmma and setmaxnreg exist only on sm_90a: other targets (the sm_80 pass of the CMake build) compile the
+// kernels with empty bodies, and wgmma_available() tells the host which one the device runs.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define QF_WGMMA_DEVICE 1
+#else
+#define QF_WGMMA_DEVICE 0
+#endif
+
+namespace qforge::cuda::detail {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kWgBN = 128;           // output rows per block (2 consumer warpgroups x 64)
+constexpr int kWgThreads = 384;      // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kWgConsumers = 256;  // consumer threads (device code only)
+constexpr int kWgMaxSplit = 4;       // cluster size along K (tuning hook)
+constexpr int kWgAutoMaxSplit = 3;   // largest split the plan picks by itself
+constexpr int kWgSmemLimit = 227 * 1024;
+
+#if QF_WGMMA_DEVICE
+// D[64 x 64] += A[64 x 16] (registers) * B[16 x 64] (shared memory, K-major, 128-byte swizzle).
+template <bool kBF16>
+__device__ __forceinline__ void wgmma_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (!kBF16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  }
+}
+
+// D[64 x 128] += A[64 x 16] (registers) * B[16 x 128] (shared memory, K-major, 128-byte swizzle).
+template <bool kBF16>
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (!kBF16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  }
+}
+
+// D[64 x 256] += A[64 x 16] (registers) * B[16 x 256] (shared memory, K-major, 128-byte swizzle).
+template <bool kBF16>
+__device__ __forceinline__ void wgmma_n256(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (!kBF16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  }
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator accesses across wgmma fences / waits.
+template <int R>
+__device__ __forceinline__ void fence_operands(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile with the 128-byte swizzle: rows of 128 bytes, 8-row groups
+// 1024 bytes apart (stride byte offset); the leading byte offset is unused for swizzled K-major layouts.
+__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// 1-D bulk copy global -> shared (16-byte aligned, size a multiple of 16), completing on `bar`.
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+#endif  // QF_WGMMA_DEVICE
+
+template <bool kBF16, int BM>
+struct WgmmaOp;
+#if QF_WGMMA_DEVICE
+template <bool kBF16>
+struct WgmmaOp<kBF16, 64> {
+  static __device__ __forceinline__ void run(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_n64<kBF16>(d, a, desc);
+  }
+};
+template <bool kBF16>
+struct WgmmaOp<kBF16, 128> {
+  static __device__ __forceinline__ void run(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_n128<kBF16>(d, a, desc);
+  }
+};
+template <bool kBF16>
+struct WgmmaOp<kBF16, 256> {
+  static __device__ __forceinline__ void run(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_n256<kBF16>(d, a, desc);
+  }
+};
+#endif
+
+// Shared memory of one block: STAGES ring slots, then (reusing the ring) the fp32 output tile.
+template <int BM_, int SLOTS_>
+struct WgLayout {
+  static constexpr int BM = BM_, SLOTS = SLOTS_;
+  static constexpr int kXBytes = BM * 128;                          // [BM][128 B] swizzled activations
+  static constexpr int kWBytes = (kWgBN / 16) * w4::kTileBytes;     // 8 packed tiles
+  static constexpr int kSBytes = SLOTS * kWgBN * 2;                 // [SLOTS][BN] fp16 scales
+  static constexpr int kZBytes = SLOTS * kWgBN / 2;                 // [SLOTS][BN/2] zero bytes
+  static constexpr int kOffW = kXBytes, kOffS = kOffW + kWBytes, kOffZ = kOffS + kSBytes;
+  static constexpr int kStage = (kOffZ + kZBytes + 1023) / 1024 * 1024;  // keeps every X tile 1024-aligned
+  static constexpr int kRedStride = kWgBN + 4;                      // floats; == 4 mod 32 (conflict-free)
+  static constexpr int kRedBytes = BM * kRedStride * 4;
+  static constexpr int kStages = std::min(8, (200 * 1024) / kStage);
+  static constexpr int kRing = kStages * kStage;
+  static constexpr int kSmem = (kRing > kRedBytes ? kRing : kRedBytes) + 1024;  // + alignment slack
+  static_assert(kStages >= 3, "pipeline depth");
+  static_assert(kSmem <= kWgSmemLimit, "shared memory");
+  static_assert(kOffS % 16 == 0 && kOffZ % 16 == 0 && kZBytes % 16 == 0, "bulk copies need 16-byte pieces");
+};
+
+// xs[kb][m][swizzled 128 B] from x [M, K] (kernel-column order via perm, or identity): see the file comment.
+// One thread per 16-byte output chunk.
+__global__ void w4a16_xstage_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ perm, int M,
+                                    int K, int m_pad, uint4* __restrict__ xs) {
+  const int64_t total = static_cast<int64_t>(K / 64) * m_pad * 8;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(e & 7);
+    const int m = static_cast<int>((e >> 3) % m_pad);
+    const int kb = static_cast<int>((e >> 3) / m_pad);
+    const int lc = c ^ (m & 7);  // logical 16-byte chunk: step t = lc / 2, slots 8 (lc & 1) .. + 7
+    const int t = lc >> 1, h = lc & 1;
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+    if (m < M) {
+      const uint16_t* row = x + static_cast<int64_t>(m) * K;
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {  // slot pair p of the chunk: kernel columns 16p + 4t + 2h + {0, 1}
+        const int kc = kb * 64 + 16 * p + 4 * t + 2 * h;
+        if (perm) {
+          v[p] = static_cast<uint32_t>(row[perm[kc]]) | (static_cast<uint32_t>(row[perm[kc + 1]]) << 16);
+        } else {
+          v[p] = *reinterpret_cast<const uint32_t*>(row + kc);
+        }
+      }
+    }
+    xs[e] = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+template <bool kBF16, int BM, int SLOTS>
+__global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, const unsigned char* xs, int m_pad) {
+#if QF_WGMMA_DEVICE
+  using L = WgLayout<BM, SLOTS>;
+  using T = typename Act<kBF16>::T;
+  constexpr int STAGES = L::kStages;
+  constexpr int NACC = BM / 2;  // fp32 accumulators per consumer thread: 64 rows x BM / 128 threads
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full_bar[STAGES], empty_bar[STAGES];
+  unsigned char* smem =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int split = static_cast<int>(gridDim.z);
+  const int KT = a.K / w4::kTileK;
+  const int kt0 = static_cast<int>(static_cast<int64_t>(KT) * blockIdx.z / split);
+  const int kt1 = static_cast<int>(static_cast<int64_t>(KT) * (blockIdx.z + 1) / split);
+  const int n_iter = kt1 - kt0;
+  const int nb0 = blockIdx.x * (kWgBN / 16);  // first 16-row weight tile
+  const int m0 = blockIdx.y * BM;
+  const bool asym = a.zeros != nullptr;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[s])), 1);
+      mbar_init(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[s])), 8);  // one arrive per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      const unsigned char* qw = static_cast<const unsigned char*>(a.qweight);
+      const unsigned char* sg = reinterpret_cast<const unsigned char*>(a.scales);
+      const unsigned char* zg = reinterpret_cast<const unsigned char*>(a.zeros);
+      const uint32_t bytes = L::kXBytes + L::kWBytes + SLOTS * (kWgBN * 2 + (asym ? kWgBN / 2 : 0));
+      for (int it = 0; it < n_iter; ++it) {
+        const int slot = it % STAGES, round = it / STAGES;
+        const uint32_t fb = static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot]));
+        if (round > 0) mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])), (round - 1) & 1);
+        const int kb = kt0 + it;
+        const uint32_t st = ring + slot * L::kStage;
+        mbar_expect_tx(fb, bytes);
+        bulk_copy(st, xs + (static_cast<int64_t>(kb) * m_pad + m0) * 128, L::kXBytes, fb);
+#pragma unroll
+        for (int i = 0; i < kWgBN / 16; ++i)
+          bulk_copy(st + L::kOffW + i * w4::kTileBytes, qw + w4::tile_offset(nb0 + i, kb, a.K), w4::kTileBytes, fb);
+#pragma unroll
+        for (int sl = 0; sl < SLOTS; ++sl) {
+          const int col = kb * w4::kTileK + 16 * sl;
+          const int grp = a.group_shift >= 0 ? col >> a.group_shift : col / a.group;
+          bulk_copy(st + L::kOffS + sl * kWgBN * 2, sg + (static_cast<int64_t>(grp) * a.N + nb0 * 16) * 2, kWgBN * 2,
+                    fb);
+          if (asym)
+            bulk_copy(st + L::kOffZ + sl * (kWgBN / 2), zg + static_cast<int64_t>(grp) * (a.N / 2) + nb0 * 8,
+                      kWgBN / 2, fb);
+        }
+      }
+    }
+    __syncwarp();  // reconverge the producer warp before the (warp-aligned) cluster barrier
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int ct = threadIdx.x - 128;          // consumer thread 0..255
+    const int cw = ct >> 5;                    // consumer warp 0..7 = the block's 16-row weight tile
+    const int lane = threadIdx.x & 31, gid = lane >> 2, tid = lane & 3;
+    const int sl_lane = SLOTS == 1 ? 0 : tid;  // a lane's 16 columns lie in one group
+    float acc[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    for (int it = 0; it < n_iter; ++it) {
+      const int slot = it % STAGES;
+      mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot])), (it / STAGES) & 1);
+      const unsigned char* st = smem + slot * L::kStage;
+      const uint4 wq = *reinterpret_cast<const uint4*>(st + L::kOffW + cw * w4::kTileBytes + lane * 16);
+      const uint32_t sp = *reinterpret_cast<const uint32_t*>(st + L::kOffS + sl_lane * kWgBN * 2 + cw * 32 + gid * 4);
+      const uint32_t zp = asym ? st[L::kOffZ + sl_lane * (kWgBN / 2) + cw * 8 + gid]
+                               : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
+      const TileConsts tc = tile_consts<kBF16, false>(sp, zp);
+      uint32_t af[4][4];
+      dequant_word2<kBF16, false>(wq.x, tc, af[0]);
+      dequant_word2<kBF16, false>(wq.y, tc, af[1]);
+      dequant_word2<kBF16, false>(wq.z, tc, af[2]);
+      dequant_word2<kBF16, false>(wq.w, tc, af[3]);
+      const uint32_t xaddr = ring + slot * L::kStage;
+      fence_operands(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int t = 0; t < 4; ++t) WgmmaOp<kBF16, BM>::run(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
+      wgmma_commit();
+      // The MMAs read af (registers) asynchronously, and the next stage's dequantisation writes the same
+      // registers: wait for this stage's group before going on. (Keeping one group in flight, wait_group 1,
+      // gave wrong results on full grids: ptxas does not keep af's registers reserved until the wait.) The other
+      // consumer warpgroup's MMAs overlap this one's dequantisation.
+      wgmma_wait<0>();
+      fence_operands(acc);
+      if (lane == 0) mbar_arrive(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])));
+    }
+    asm volatile("bar.sync 1, %0;" ::"n"(kWgConsumers) : "memory");  // both warpgroups are done with the ring
+
+    // red[m][n]: the block's fp32 tile, batch-major so that the final stores run along n.
+    constexpr int RS = L::kRedStride;
+    float* red = reinterpret_cast<float*>(smem);
+    const int nw = cw * 16 + gid;
+#pragma unroll
+    for (int i = 0; i < BM / 8; ++i) {
+      const int m = 8 * i + 2 * tid;
+      red[m * RS + nw] = acc[4 * i + 0];
+      red[(m + 1) * RS + nw] = acc[4 * i + 1];
+      red[m * RS + nw + 8] = acc[4 * i + 2];
+      red[(m + 1) * RS + nw + 8] = acc[4 * i + 3];
+    }
+  }
+  // Every block of the cluster has its tile in shared memory (a plain block barrier when split == 1).
+  cluster.sync();
+  if (wg != 0) {
+    constexpr int RS = L::kRedStride;
+    const int ct = threadIdx.x - 128;
+    const int rank = static_cast<int>(cluster.block_rank());
+    float* red = reinterpret_cast<float*>(smem);
+    const float* parts[kWgMaxSplit];
+#pragma unroll
+    for (int q = 0; q < kWgMaxSplit; ++q) parts[q] = q < split ? cluster.map_shared_rank(red, q) : red;
+    const bool y_vec = (reinterpret_cast<uintptr_t>(a.y) & 7u) == 0;
+    T* y = static_cast<T*>(a.y);
+    constexpr int kQuads = BM * kWgBN / 4;
+    const int m_valid = min(BM, a.M - m0);
+    const int e0 = rank * kQuads / split, e1 = (rank + 1) * kQuads / split;
+    for (int e = e0 + ct; e < e1; e += kWgConsumers) {
+      const int m = e / (kWgBN / 4), n = 4 * (e % (kWgBN / 4));
+      if (m >= m_valid) continue;
+      float4 v = *reinterpret_cast<const float4*>(parts[0] + m * RS + n);
+#pragma unroll
+      for (int q = 1; q < kWgMaxSplit; ++q) {
+        if (q >= split) break;
+        const float4 w = *reinterpret_cast<const float4*>(parts[q] + m * RS + n);
+        v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
+      }
+      const int64_t o = static_cast<int64_t>(m0 + m) * a.N + nb0 * 16 + n;
+      if (y_vec) {
+        uint2 u;
+        if constexpr (kBF16) {
+          const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+          u.x = *reinterpret_cast<const uint32_t*>(&lo), u.y = *reinterpret_cast<const uint32_t*>(&hi);
+        } else {
+          const __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+          u.x = *reinterpret_cast<const uint32_t*>(&lo), u.y = *reinterpret_cast<const uint32_t*>(&hi);
+        }
+        *reinterpret_cast<uint2*>(y + o) = u;
+      } else {
+        y[o] = Act<kBF16>::from_float(v.x), y[o + 1] = Act<kBF16>::from_float(v.y);
+        y[o + 2] = Act<kBF16>::from_float(v.z), y[o + 3] = Act<kBF16>::from_float(v.w);
+      }
+    }
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
+#endif
+}
+
+// 1 when this build's device code for the current device has the wgmma kernels (sm_90a), else 0.
+__global__ void w4a16_wgmma_probe_kernel(int* out) { *out = QF_WGMMA_DEVICE; }
+
+template <bool kBF16, int BM, int SLOTS>
+cudaError_t launch_one(const WgmmaPlan& plan, const MmaArgs& args, const void* xs, cudaStream_t stream) {
+  using L = WgLayout<BM, SLOTS>;
+  auto kernel = w4a16_wgmma_kernel<kBF16, BM, SLOTS>;
+  static bool attr_set = false;  // per instantiation; a race only sets it twice
+  if (!attr_set) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem);
+    if (e != cudaSuccess) return e;
+    attr_set = true;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = plan.grid;
+  cfg.blockDim = dim3(kWgThreads);
+  cfg.dynamicSmemBytes = L::kSmem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = plan.grid.z;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, args, static_cast<const unsigned char*>(xs), plan.m_pad);
+}
+
+template <bool kBF16, int BM>
+cudaError_t launch_bm(const WgmmaPlan& plan, const MmaArgs& args, const void* xs, cudaStream_t stream) {
+  return args.group % w4::kTileK == 0 ? launch_one<kBF16, BM, 1>(plan, args, xs, stream)
+                                      : launch_one<kBF16, BM, 4>(plan, args, xs, stream);
+}
+
+}  // namespace
+
+bool wgmma_supported(int N, int K, int group) {
+  return N > 0 && K > 0 && N % kWgBN == 0 && K % w4::kTileK == 0 && group % 16 == 0;
+}
+
+cudaError_t wgmma_available(bool* ok) {
+  static int cached = -1;  // the context is bound to one device; so is this answer
+  if (cached < 0) {
+    int* d = nullptr;
+    cudaError_t e = cudaMalloc(&d, sizeof(int));
+    if (e != cudaSuccess) return e;
+    w4a16_wgmma_probe_kernel<<<1, 1>>>(d);
+    int h = 0;
+    e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
+    const cudaError_t ef = cudaFree(d);
+    if (e != cudaSuccess) return e;
+    if (ef != cudaSuccess) return ef;
+    cached = h;
+  }
+  *ok = cached == 1;
+  return cudaSuccess;
+}
+
+cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig want, WgmmaPlan* plan) {
+  if (!wgmma_supported(N, K, group) || M <= 0) return cudaErrorInvalidValue;
+  WgmmaConfig c = want;
+  if (c.bm != 64 && c.bm != 128 && c.bm != 256) c.bm = M <= 64 ? 64 : M <= 128 ? 128 : 256;
+  const int gx = N / kWgBN, gy = (M + c.bm - 1) / c.bm;
+  const int KT = K / w4::kTileK;
+  const int64_t base = static_cast<int64_t>(gx) * gy;
+  if (c.split <= 0) {
+    // One block per SM. Split K over a cluster only while the grid is under one wave: the split (<= 3, at least
+    // 8 stages per block) with the fewest waves per unit of work, the smaller on ties. Not 4: clusters of 4 blocks
+    // of ~200 KB shared memory ran 1.3-1.5x slower than 3 on 4096x4096 (H100 sweep, docs/cuda-kernels.md).
+    c.split = 1;
+    if (base < sm_count) {
+      double best = 1.0;
+      for (int s = 2; s <= kWgAutoMaxSplit && KT / s >= 8; ++s) {
+        const double cost = static_cast<double>((base * s + sm_count - 1) / sm_count) / s;
+        if (cost < best - 1e-9) best = cost, c.split = s;
+      }
+    }
+  }
+  c.split = std::max(1, std::min({c.split, kWgMaxSplit, KT}));
+  plan->cfg = c;
+  plan->grid = dim3(gx, gy, c.split);
+  plan->m_pad = gy * c.bm;
+  plan->xs_bytes = static_cast<size_t>(plan->m_pad) * K * 2;
+  if (gy > 65535) return cudaErrorInvalidConfiguration;
+  return cudaSuccess;
+}
+
+cudaError_t wgmma_launch(bool bf16, const WgmmaPlan& plan, const MmaArgs& args, const int32_t* perm, void* xs,
+                         cudaStream_t stream) {
+  const int64_t chunks = static_cast<int64_t>(args.K / 64) * plan.m_pad * 8;
+  const int blocks = static_cast<int>(std::min<int64_t>((chunks + 255) / 256, 4096));
+  w4a16_xstage_kernel<<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(args.x), perm, args.M, args.K,
+                                                  plan.m_pad, static_cast<uint4*>(xs));
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  switch (plan.cfg.bm) {
+    case 64:
+      return bf16 ? launch_bm<true, 64>(plan, args, xs, stream) : launch_bm<false, 64>(plan, args, xs, stream);
+    case 128:
+      return bf16 ? launch_bm<true, 128>(plan, args, xs, stream) : launch_bm<false, 128>(plan, args, xs, stream);
+    case 256:
+      return bf16 ? launch_bm<true, 256>(plan, args, xs, stream) : launch_bm<false, 256>(plan, args, xs, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace qforge::cuda::detail
