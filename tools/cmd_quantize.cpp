@@ -18,6 +18,7 @@
 #include "formats/gguf.h"
 #include "model/gguf_export.h"
 #include "model/hf_export.h"
+#include "model/layer_spec.h"
 #include "model/loader.h"
 #include "ops/ops.h"
 #include "quant/calibration.h"
@@ -68,16 +69,22 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.awq_search_samples = a.awq_search_samples;
   opt.awq_clip = !a.no_awq_clip;
 
+  // One decoder layer in memory at a time: the loader reads layer l from the mapped input when the pipeline gets
+  // to it, and the writers read the quantized layers back from the run state. Sampling calibration from the model
+  // itself (no --calib) runs the whole model, so that case loads every layer up front.
+  const bool stream = opt.method == quant::Method::kRtn || !a.calib.empty();
   // Refuse up front a run the machine cannot finish (estimated from the config, before loading anything).
   {
     QF_ASSIGN_OR_RETURN(ModelConfig pc, checkpoint::peek_model_config(a.model));
     const bool calibrated = opt.method != quant::Method::kRtn;
     const checkpoint::ResourceEstimate est = checkpoint::estimate_quantize_resources(
-        pc, calibrated ? a.calib_samples : 0, calibrated ? a.calib_seqlen : 0, a.format != "hf");
+        pc, calibrated ? a.calib_samples : 0, calibrated ? a.calib_seqlen : 0, a.format != "hf", stream);
     QF_RETURN_IF_ERROR(checkpoint::check_resources(est, a.out));
     fmt::print(stderr, "resources: {}\n", est.breakdown);
   }
-  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model));
+  LoadOptions lo;
+  lo.stream_layers = stream;
+  QF_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model, lo));
   std::vector<std::vector<int32_t>> calib;
   if (opt.method != quant::Method::kRtn) {
     if (a.calib.empty()) {
@@ -118,17 +125,33 @@ Status run_quantize(const QuantizeArgs& a) {
                       checkpoint::QuantizeState::open(a.out + ".partial", fp.dump(2) + "\n", a.resume));
   std::optional<quant::PipelineResume> resume;
   if (a.resume) {
-    QF_ASSIGN_OR_RETURN(quant::PipelineResume r, state.restore(*m.model, packed ? &qlin : nullptr));
+    QF_ASSIGN_OR_RETURN(quant::PipelineResume r, state.restore(m.model->config()));
     fmt::print(stderr, "resume: {} of {} layers done in {}\n", r.next_layer, m.model->config().num_hidden_layers,
                state.dir());
+    // Without streaming every layer was loaded; the saved ones are read back from the state when written.
+    if (!stream)
+      for (int l = 0; l < r.next_layer; ++l) m.model->mutable_weights().layers[size_t(l)] = LayerWeights{};
     resume.emplace(std::move(r));
   }
   auto on_layer_done = [&](int l, const quant::PipelineReport& so_far, const Tensor& next) {
     return state.save_layer(*m.model, packed ? &qlin : nullptr, l, so_far, next);
   };
+  // Once a layer is saved, neither it nor its codes stay in memory.
+  LayerStream pipeline_layers;
+  pipeline_layers.load = [&](int l) { return stream ? m.layers.load(l) : Status::ok(); };
+  pipeline_layers.release = [&](int l) {
+    if (stream) m.layers.release(l);
+    else m.model->mutable_weights().layers[size_t(l)] = LayerWeights{};
+    if (packed) {
+      qlin.layers[size_t(l)].clear();
+      qlin.layers[size_t(l)].resize(kLlamaLinears.size());
+    }
+  };
   QF_ASSIGN_OR_RETURN(quant::PipelineReport rep,
                       quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr,
-                                            resume ? &*resume : nullptr, on_layer_done));
+                                            resume ? &*resume : nullptr, on_layer_done, &pipeline_layers));
+  // The writers read the quantized layers back from the run state, one at a time.
+  const LayerStream saved_layers = state.layer_stream(*m.model, packed ? &qlin : nullptr);
 
   nlohmann::json j;
   j["model"] = a.model;
@@ -164,6 +187,7 @@ Status run_quantize(const QuantizeArgs& a) {
   if (a.format == "gguf") {
     GgufExportOptions go;
     go.q4_type = a.sym ? gguf::GgmlType::kQ4_0 : gguf::GgmlType::kQ4_1;
+    go.layers = &saved_layers;
     std::optional<gguf::GgufFile> src;
     if (a.model.ends_with(".gguf")) {
       QF_ASSIGN_OR_RETURN(gguf::GgufFile f, gguf::GgufFile::open(a.model));
@@ -175,6 +199,7 @@ Status run_quantize(const QuantizeArgs& a) {
     HfExportOptions eo;
     eo.extra_file_name = "quantization_report.json";
     eo.extra_file_text = report;
+    eo.layers = &saved_layers;
     if (packed) {
       eo.quantized = &qlin;
       eo.dtype = a.dtype == "bf16" ? DType::kBF16 : DType::kF16;

@@ -145,14 +145,13 @@ Status QuantizeState::save_layer(const LlamaModel& model, const quant::Quantized
   return a.write(activations_file(dir_));
 }
 
-Expected<quant::PipelineResume> QuantizeState::restore(LlamaModel& model, quant::QuantizedLinears* quantized) const {
+Expected<quant::PipelineResume> QuantizeState::restore(const ModelConfig& cfg) const {
   quant::PipelineResume r;
   std::error_code ec;
   if (!fs::exists(activations_file(dir_), ec)) return r;
   QF_ASSIGN_OR_RETURN(safetensors::File act, safetensors::File::open(activations_file(dir_)));
   const auto it = act.metadata().find("next_layer");
   if (it == act.metadata().end()) return error("{}: next_layer missing from the metadata", act.path());
-  const ModelConfig& cfg = model.config();
   int next = -1;
   try {
     next = std::stoi(it->second);
@@ -167,50 +166,68 @@ Expected<quant::PipelineResume> QuantizeState::restore(LlamaModel& model, quant:
     r.x = Tensor(DType::kF32, e->view.shape);
     QF_RETURN_IF_ERROR(copy_tensor(act, "x", DType::kF32, e->view.shape, r.x.data<void>()));
   }
-  if (quantized) {
-    quantized->layers.clear();
-    quantized->layers.resize(size_t(cfg.num_hidden_layers));
-    for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
-  }
-  ModelWeights& weights = model.mutable_weights();
   for (int l = 0; l < next; ++l) {
     QF_ASSIGN_OR_RETURN(safetensors::File f, safetensors::File::open(layer_file(dir_, l)));
-    for (TensorSlot& s : tensor_slots(cfg, weights))
-      if (s.layer == l) QF_RETURN_IF_ERROR(copy_tensor(f, s.name, DType::kF32, s.shape, s.tensor->data<void>()));
-    if (quantized) {
-      for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
-        const std::string base = fmt::format("quantized.{}.", kLlamaLinears[i].name);
-        const Tensor& W = weights.layers[size_t(l)].*kLlamaLinears[i].weight;
-        quant::QuantizedLinear& q = quantized->layers[size_t(l)][i];
-        q.out = W.shape()[0];
-        q.in = W.shape()[1];
-        const auto cit = f.metadata().find(base + "config");
-        int bits = 0, sym = 0, grid = 0;
-        long long gs = -1;
-        if (cit == f.metadata().end() ||
-            std::sscanf(cit->second.c_str(), "%d %lld %d %d", &bits, &gs, &sym, &grid) != 4)
-          return error("{}: quantization settings of {} missing", f.path(), base);
-        q.cfg.bits = bits;
-        q.cfg.group_size = gs;
-        q.cfg.sym = sym != 0;
-        q.cfg.grid = quant::QuantGrid(grid);
-        const int64_t G = quant::quant_n_groups(q.cfg, q.in);
-        q.qweight.resize(size_t(q.out * q.in));
-        q.scales = Tensor(DType::kF32, {q.out, G});
-        q.zeros = Tensor(DType::kF32, {q.out, G});
-        q.g_idx.resize(size_t(q.in));
-        QF_RETURN_IF_ERROR(copy_tensor(f, base + "codes", DType::kU8, {q.out, q.in}, q.qweight.data()));
-        QF_RETURN_IF_ERROR(copy_tensor(f, base + "scales", DType::kF32, {q.out, G}, q.scales.data<void>()));
-        QF_RETURN_IF_ERROR(copy_tensor(f, base + "zeros", DType::kF32, {q.out, G}, q.zeros.data<void>()));
-        QF_RETURN_IF_ERROR(copy_tensor(f, base + "g_idx", DType::kI32, {q.in}, q.g_idx.data()));
-      }
-    }
     const auto rit = f.metadata().find("report");
     if (rit == f.metadata().end()) return error("{}: the saved report is missing", f.path());
     QF_RETURN_IF_ERROR(read_report(rit->second, f.path(), r.report));
   }
   r.next_layer = next;
   return r;
+}
+
+Status QuantizeState::load_layer(LlamaModel& model, quant::QuantizedLinears* quantized, int l) const {
+  const ModelConfig& cfg = model.config();
+  ModelWeights& weights = model.mutable_weights();
+  QF_ASSIGN_OR_RETURN(safetensors::File f, safetensors::File::open(layer_file(dir_, l)));
+  for (TensorSlot& s : tensor_slots(cfg, weights))
+    if (s.layer == l) {
+      *s.tensor = Tensor(DType::kF32, s.shape);
+      QF_RETURN_IF_ERROR(copy_tensor(f, s.name, DType::kF32, s.shape, s.tensor->data<void>()));
+    }
+  if (!quantized) return Status::ok();
+  if (quantized->layers.size() != size_t(cfg.num_hidden_layers)) quantized->layers.resize(size_t(cfg.num_hidden_layers));
+  auto& layer = quantized->layers[size_t(l)];
+  layer.resize(kLlamaLinears.size());
+  for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
+    const std::string base = fmt::format("quantized.{}.", kLlamaLinears[i].name);
+    const Tensor& W = weights.layers[size_t(l)].*kLlamaLinears[i].weight;
+    quant::QuantizedLinear& q = layer[i];
+    q.out = W.shape()[0];
+    q.in = W.shape()[1];
+    const auto cit = f.metadata().find(base + "config");
+    int bits = 0, sym = 0, grid = 0;
+    long long gs = -1;
+    if (cit == f.metadata().end() || std::sscanf(cit->second.c_str(), "%d %lld %d %d", &bits, &gs, &sym, &grid) != 4)
+      return error("{}: quantization settings of {} missing", f.path(), base);
+    q.cfg.bits = bits;
+    q.cfg.group_size = gs;
+    q.cfg.sym = sym != 0;
+    q.cfg.grid = quant::QuantGrid(grid);
+    const int64_t G = quant::quant_n_groups(q.cfg, q.in);
+    q.qweight.resize(size_t(q.out * q.in));
+    q.scales = Tensor(DType::kF32, {q.out, G});
+    q.zeros = Tensor(DType::kF32, {q.out, G});
+    q.g_idx.resize(size_t(q.in));
+    QF_RETURN_IF_ERROR(copy_tensor(f, base + "codes", DType::kU8, {q.out, q.in}, q.qweight.data()));
+    QF_RETURN_IF_ERROR(copy_tensor(f, base + "scales", DType::kF32, {q.out, G}, q.scales.data<void>()));
+    QF_RETURN_IF_ERROR(copy_tensor(f, base + "zeros", DType::kF32, {q.out, G}, q.zeros.data<void>()));
+    QF_RETURN_IF_ERROR(copy_tensor(f, base + "g_idx", DType::kI32, {q.in}, q.g_idx.data()));
+  }
+  return Status::ok();
+}
+
+LayerStream QuantizeState::layer_stream(LlamaModel& model, quant::QuantizedLinears* quantized) const {
+  LayerStream s;
+  s.load = [this, &model, quantized](int l) { return load_layer(model, quantized, l); };
+  s.release = [&model, quantized](int l) {
+    model.mutable_weights().layers[size_t(l)] = LayerWeights{};
+    if (quantized && size_t(l) < quantized->layers.size()) {
+      quantized->layers[size_t(l)].clear();
+      quantized->layers[size_t(l)].resize(kLlamaLinears.size());
+    }
+  };
+  return s;
 }
 
 void QuantizeState::remove() const {

@@ -26,27 +26,33 @@ namespace {
 double gib(uint64_t b) { return double(b) / double(1ull << 30); }
 }  // namespace
 
-ResourceEstimate estimate_quantize_resources(const ModelConfig& c, int64_t N, int64_t L, bool packed) {
+ResourceEstimate estimate_quantize_resources(const ModelConfig& c, int64_t N, int64_t L, bool packed,
+                                             bool stream_layers) {
   const uint64_t H = uint64_t(c.hidden_size), I = uint64_t(c.intermediate_size), V = uint64_t(c.vocab_size);
   const uint64_t Q = uint64_t(c.q_dim()), KV = uint64_t(c.kv_dim()), layers = uint64_t(c.num_hidden_layers);
   const uint64_t linear_params = layers * (H * Q + 2 * H * KV + Q * H + 3 * H * I);
   const uint64_t dense_params = V * H * (c.tie_word_embeddings ? 1 : 2) + layers * 2 * H + H;
   const uint64_t rows = uint64_t(N) * uint64_t(L);
   ResourceEstimate e;
-  const uint64_t weights = 4 * (linear_params + dense_params);
+  // Streaming: the non-layer tensors, plus one layer twice (the layer, and the largest working copies of its
+  // linears or the writer's converted copies).
+  const uint64_t weights = stream_layers ? 4 * (dense_params + 2 * (linear_params / std::max<uint64_t>(layers, 1)))
+                                         : 4 * (linear_params + dense_params);
   const uint64_t x = 4 * rows * H;                        // inputs of the current layer
   const uint64_t captures = 4 * rows * (3 * H + I + Q);   // AWQ's captured inputs of every slot of one layer
   const uint64_t hessian = 8 * std::max(H, I) * std::max(H, I) * 2;  // H and its factorisation, f64
   const uint64_t codes = packed ? linear_params : 0;     // unpacked codes kept for the export, 1 byte each
-  e.memory_bytes = weights + 2 * x + captures + hessian + codes;
+  const uint64_t codes_held = stream_layers ? codes / std::max<uint64_t>(layers, 1) : codes;
+  e.memory_bytes = weights + 2 * x + captures + hessian + codes_held;
   const uint64_t out = packed ? linear_params / 2 + 2 * dense_params : 4 * (linear_params + dense_params);
   const uint64_t state = 4 * (linear_params + layers * 2 * H) + codes + 4 * x;  // layer files + activations
   e.disk_bytes = out + state;
-  e.breakdown = fmt::format("memory: f32 weights {:.2f} GiB + calibration activations {:.2f} GiB ({} x {} tokens) "
+  e.breakdown = fmt::format("memory: f32 weights {:.2f} GiB{} + calibration activations {:.2f} GiB ({} x {} tokens) "
                             "+ one layer's captures and Hessians {:.2f} GiB{}; disk: output {:.2f} GiB + run state "
                             "{:.2f} GiB",
-                            gib(weights), gib(2 * x + captures), N, L, gib(hessian),
-                            packed ? fmt::format(" + codes {:.2f} GiB", gib(codes)) : std::string(), gib(out),
+                            gib(weights), stream_layers ? " (one layer at a time)" : "", gib(2 * x + captures), N, L,
+                            gib(hessian), packed ? fmt::format(" + codes {:.2f} GiB", gib(codes_held)) : std::string(),
+                            gib(out),
                             gib(state));
   return e;
 }

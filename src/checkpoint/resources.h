@@ -20,8 +20,9 @@ struct ResourceEstimate {
 Expected<ModelConfig> peek_model_config(const std::string& path);
 
 // packed: the output holds 4-bit codes (awq/gptq/gguf) rather than f32 weights.
+// stream_layers: the run holds one decoder layer at a time (LoadOptions::stream_layers), not all of them.
 ResourceEstimate estimate_quantize_resources(const ModelConfig& c, int64_t calib_windows, int64_t calib_seqlen,
-                                             bool packed);
+                                             bool packed, bool stream_layers = false);
 
 // OK when the machine has what `e` says (memory from /proc/meminfo MemAvailable, disk from statvfs of the
 // output's nearest existing parent); otherwise an error that says how much is needed, how much there is, and

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdint>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -86,6 +88,14 @@ Status write_file_atomic(const std::string& path, const void* data, size_t size)
     return error("{}: rename from {} failed: {}", path, tmp, std::strerror(e));
   }
   return Status::ok();
+}
+
+void drop_resident_pages(const void* data, size_t size) {
+  if (!data || size == 0) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size + page - 1) & ~(page - 1);
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace qforge

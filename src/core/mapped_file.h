@@ -30,6 +30,12 @@ class MappedFile {
   std::string path_;
 };
 
+// Drops the pages of [data, data + size) (a range inside a read-only MappedFile) from this process's resident
+// set (madvise MADV_DONTNEED, widened to whole pages): a streaming reader calls it after it has converted a
+// tensor, so the mapped input does not accumulate in RSS. Harmless for read-only maps: pages touched again
+// fault back in from the page cache.
+void drop_resident_pages(const void* data, size_t size);
+
 // Reads a whole (small) file into a string: config.json, tokenizer.json.
 Expected<std::string> read_text_file(const std::string& path);
 

@@ -23,6 +23,11 @@
 namespace qforge::gguf {
 
 // Fills `out` (exactly the tensor's byte size) with the tensor's data; called once, during write().
+// write() lays out the header (tensor infos, offsets, alignment) from names, types and dims alone, then
+// produces the data in file order, which is the order the tensors were added: one tensor at a time, each
+// fill called once and only after every earlier tensor was written, none after the first error. A caller
+// can therefore bring the data of a group of tensors (a decoder layer) into memory in the fill of its
+// first tensor and drop it after the last; at most one tensor's bytes are buffered by the writer.
 using TensorBytesFn = std::function<Status(std::span<uint8_t> out)>;
 
 class GgufWriter {

@@ -125,79 +125,84 @@ Status parse_entry(const std::string& path, const std::string& name, const json&
   return Status::ok();
 }
 
-// Streams one safetensors file to path.tmp.<pid>, then fsync + rename. Tensors must be distinct names.
-Status write_one(const std::string& path, std::vector<const std::pair<std::string, TensorView>*> items,
-                 const std::map<std::string, std::string>& metadata) {
-  std::sort(items.begin(), items.end(), [](const auto* a, const auto* b) {
-    const int ra = dtype_layout_rank(a->second.dtype), rb = dtype_layout_rank(b->second.dtype);
-    return ra != rb ? ra < rb : a->first < b->first;
-  });
+constexpr size_t kSinkBuffer = size_t(1) << 20;  // pieces of a streamed tensor are gathered up to this
 
-  // ordered_json keeps insertion order: "__metadata__" first, then tensors in data order, each with
-  // fields dtype, shape, data_offsets, which is what the reference writer emits.
-  ordered_json header = ordered_json::object();
-  if (!metadata.empty()) {
-    ordered_json m = ordered_json::object();
-    for (const auto& [k, v] : metadata) m[k] = v;
-    header[kMetadataKey] = std::move(m);
-  }
-  uint64_t offset = 0;
-  for (const auto* it : items) {
-    const uint64_t nbytes = it->second.nbytes();
-    ordered_json e = ordered_json::object();
-    e["dtype"] = std::string(dtype_name(it->second.dtype));
-    e["shape"] = it->second.shape.to_vector();
-    e["data_offsets"] = {offset, offset + nbytes};
-    header[it->first] = std::move(e);
-    offset += nbytes;
-  }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const json::exception& ex) {  // e.g. a name or metadata value that is not valid UTF-8
-    return error("{}: cannot encode header: {}", path, ex.what());
-  }
-  // Pad with spaces to a multiple of 8 so the data section (and every tensor) stays 8-byte aligned.
-  text.append((8 - text.size() % 8) % 8, ' ');
-
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return error("{}: cannot create: {}", tmp, std::strerror(errno));
-  const auto fail = [&](const std::string& what) {
-    const int e = errno;
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    return Status::error(fmt::format("{}: {}: {}", tmp, what, std::strerror(e)));
-  };
-
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
-  if (std::fwrite(len, 1, 8, f) != 8 || std::fwrite(text.data(), 1, text.size(), f) != text.size())
-    return fail("writing the header failed");
-  for (const auto* it : items) {
-    const size_t nbytes = it->second.nbytes();
-    if (nbytes && std::fwrite(it->second.data, 1, nbytes, f) != nbytes)
-      return fail(fmt::format("writing tensor '{}' ({} bytes) failed", it->first, nbytes));
-  }
-  if (std::fflush(f) != 0 || fsync(fileno(f)) != 0) return fail("flush failed");
-  const int rc = std::fclose(f);
-  f = nullptr;
-  if (rc != 0) return fail("close failed");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    return error("{}: rename from {} failed: {}", path, tmp, std::strerror(e));
-  }
-  // Make the rename itself durable; best effort (some filesystems refuse fsync on a directory).
-  fs::path parent = fs::path(path).parent_path();
-  if (parent.empty()) parent = ".";
-  const int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)fsync(dfd);
-    ::close(dfd);
+// Writes all n bytes at `offset` (pwrite may write less than asked, or be interrupted).
+Status pwrite_all(int fd, const std::string& path, uint64_t offset, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, off_t(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return error("{}: write of {} bytes at offset {} failed: {}", path, n, offset, std::strerror(errno));
+    }
+    p += w;
+    n -= size_t(w);
+    offset += uint64_t(w);
   }
   return Status::ok();
 }
+
+// The temporaries of one write: closed and removed unless every one was renamed into place.
+class TempFiles {
+ public:
+  TempFiles() = default;
+  TempFiles(const TempFiles&) = delete;
+  TempFiles& operator=(const TempFiles&) = delete;
+  ~TempFiles() {
+    for (File& f : files_) {
+      if (f.fd >= 0) ::close(f.fd);
+      if (!f.renamed) std::remove(f.tmp.c_str());
+    }
+  }
+  // Creates path.tmp.<pid>; returns its index.
+  Expected<size_t> create(const std::string& path) {
+    File f{path, path + ".tmp." + std::to_string(getpid())};
+    f.fd = ::open(f.tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (f.fd < 0) return error("{}: cannot create: {}", f.tmp, std::strerror(errno));
+    files_.push_back(std::move(f));
+    return files_.size() - 1;
+  }
+  int fd(size_t i) const { return files_[i].fd; }
+  const std::string& tmp(size_t i) const { return files_[i].tmp; }
+  // Sets every file's final size, fsyncs and closes them all, then renames each into place.
+  Status commit(const std::vector<uint64_t>& sizes) {
+    for (size_t i = 0; i < files_.size(); ++i) {
+      File& f = files_[i];
+      if (::ftruncate(f.fd, off_t(sizes[i])) != 0 || ::fsync(f.fd) != 0)
+        return error("{}: flush failed: {}", f.tmp, std::strerror(errno));
+      const int rc = ::close(f.fd);
+      f.fd = -1;
+      if (rc != 0) return error("{}: close failed: {}", f.tmp, std::strerror(errno));
+    }
+    for (File& f : files_) {
+      if (std::rename(f.tmp.c_str(), f.path.c_str()) != 0)
+        return error("{}: rename from {} failed: {}", f.path, f.tmp, std::strerror(errno));
+      f.renamed = true;
+    }
+    // Make the renames themselves durable; best effort (some filesystems refuse fsync on a directory).
+    std::set<std::string> parents;
+    for (const File& f : files_) {
+      fs::path parent = fs::path(f.path).parent_path();
+      parents.insert(parent.empty() ? std::string(".") : parent.string());
+    }
+    for (const std::string& parent : parents) {
+      const int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (dfd >= 0) {
+        (void)::fsync(dfd);
+        ::close(dfd);
+      }
+    }
+    return Status::ok();
+  }
+
+ private:
+  struct File {
+    std::string path, tmp;
+    int fd = -1;
+    bool renamed = false;
+  };
+  std::vector<File> files_;
+};
 
 }  // namespace
 
@@ -357,27 +362,148 @@ std::vector<std::string> Checkpoint::names() const {
 
 // ---- Writer -----------------------------------------------------------------------------------------
 
-Status Writer::add(const std::string& name, const TensorView& view) {
+Status Writer::check_new(const std::string& name, const Shape& shape) const {
   if (name == kMetadataKey)
     return error("safetensors writer: '{}' is reserved and cannot name a tensor", name);
-  for (const auto& [existing, v] : tensors_)
-    if (existing == name) return error("safetensors writer: tensor '{}' added twice", name);
-  for (int i = 0; i < view.shape.rank; ++i)
-    if (view.shape.dims[i] < 0)
-      return error("safetensors writer: tensor '{}' has negative shape {}", name, view.shape.str());
+  if (names_.count(name)) return error("safetensors writer: tensor '{}' added twice", name);
+  for (int i = 0; i < shape.rank; ++i)
+    if (shape.dims[i] < 0)
+      return error("safetensors writer: tensor '{}' has negative shape {}", name, shape.str());
+  return Status::ok();
+}
+
+Status Writer::add(const std::string& name, const TensorView& view) {
+  QF_RETURN_IF_ERROR(check_new(name, view.shape));
   if (!view.is_contiguous())
     return error("safetensors writer: tensor '{}' with shape {} is not contiguous", name, view.shape.str());
   if (view.numel() > 0 && view.data == nullptr)
     return error("safetensors writer: tensor '{}' has no data", name);
-  tensors_.emplace_back(name, view);
+  tensors_.push_back({name, view.dtype, view.shape, uint64_t(view.nbytes()), view.data, nullptr});
+  names_.insert(name);
   return Status::ok();
 }
 
+Status Writer::add_streamed(const std::string& name, DType dtype, const Shape& shape, TensorFillFn fill) {
+  QF_RETURN_IF_ERROR(check_new(name, shape));
+  if (!fill) return error("safetensors writer: tensor '{}' has no fill callback", name);
+  tensors_.push_back(
+      {name, dtype, shape, uint64_t(shape.numel()) * dtype_size(dtype), nullptr, std::move(fill)});
+  names_.insert(name);
+  return Status::ok();
+}
+
+Status Writer::write_files(const std::vector<OutFile>& files) const {
+  // Layout first, from names, dtypes and shapes alone: each file's header text, and where in which file
+  // each tensor's bytes go.
+  struct Place {
+    size_t file = 0;
+    uint64_t offset = 0;  // from the start of the file
+  };
+  std::vector<Place> place(tensors_.size());
+  std::vector<std::string> headers(files.size());
+  std::vector<uint64_t> sizes(files.size());
+  for (size_t fi = 0; fi < files.size(); ++fi) {
+    std::vector<size_t> items = files[fi].entries;
+    std::sort(items.begin(), items.end(), [&](size_t a, size_t b) {
+      const int ra = dtype_layout_rank(tensors_[a].dtype), rb = dtype_layout_rank(tensors_[b].dtype);
+      return ra != rb ? ra < rb : tensors_[a].name < tensors_[b].name;
+    });
+    // ordered_json keeps insertion order: "__metadata__" first, then tensors in data order, each with
+    // fields dtype, shape, data_offsets, which is what the reference writer emits.
+    ordered_json header = ordered_json::object();
+    if (!metadata_.empty()) {
+      ordered_json m = ordered_json::object();
+      for (const auto& [k, v] : metadata_) m[k] = v;
+      header[kMetadataKey] = std::move(m);
+    }
+    uint64_t offset = 0;
+    for (size_t i : items) {
+      const Entry& t = tensors_[i];
+      ordered_json e = ordered_json::object();
+      e["dtype"] = std::string(dtype_name(t.dtype));
+      e["shape"] = t.shape.to_vector();
+      e["data_offsets"] = {offset, offset + t.nbytes};
+      header[t.name] = std::move(e);
+      place[i] = {fi, offset};
+      offset += t.nbytes;
+    }
+    std::string text;
+    try {
+      text = header.dump();
+    } catch (const json::exception& ex) {  // e.g. a name or metadata value that is not valid UTF-8
+      return error("{}: cannot encode header: {}", files[fi].path, ex.what());
+    }
+    // Pad with spaces to a multiple of 8 so the data section (and every tensor) stays 8-byte aligned.
+    text.append((8 - text.size() % 8) % 8, ' ');
+    for (size_t i : items) place[i].offset += 8 + text.size();
+    sizes[fi] = 8 + text.size() + offset;
+    headers[fi] = std::move(text);
+  }
+
+  TempFiles out;
+  for (size_t fi = 0; fi < files.size(); ++fi) {
+    QF_ASSIGN_OR_RETURN(size_t k, out.create(files[fi].path));
+    const std::string& text = headers[fi];
+    std::string head(8, '\0');
+    for (int i = 0; i < 8; ++i) head[size_t(i)] = char(uint8_t(uint64_t(text.size()) >> (8 * i)));
+    head += text;
+    QF_RETURN_IF_ERROR(
+        pwrite_all(out.fd(k), out.tmp(k), 0, reinterpret_cast<const uint8_t*>(head.data()), head.size())
+            .with_context("writing the header"));
+  }
+
+  // Data, in the order added, each tensor at its place.
+  std::vector<uint8_t> pending;  // bytes of a streamed tensor not yet written
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const Entry& t = tensors_[i];
+    const int fd = out.fd(place[i].file);
+    const std::string& tmp = out.tmp(place[i].file);
+    if (!t.fill) {
+      QF_RETURN_IF_ERROR(
+          pwrite_all(fd, tmp, place[i].offset, static_cast<const uint8_t*>(t.data), size_t(t.nbytes))
+              .with_context(fmt::format("tensor '{}'", t.name)));
+      continue;
+    }
+    uint64_t at = place[i].offset;  // where `pending` starts in the file
+    uint64_t produced = 0;
+    pending.clear();
+    pending.reserve(std::min<uint64_t>(t.nbytes, kSinkBuffer));
+    auto flush = [&]() -> Status {
+      QF_RETURN_IF_ERROR(pwrite_all(fd, tmp, at, pending.data(), pending.size()));
+      at += pending.size();
+      pending.clear();
+      return Status::ok();
+    };
+    const ByteSink sink = [&](std::span<const uint8_t> b) -> Status {
+      if (b.size() > t.nbytes - produced)
+        return error("fill produced more than the {} bytes of {} {}", t.nbytes, dtype_name(t.dtype),
+                     t.shape.str());
+      produced += b.size();
+      if (pending.size() + b.size() > kSinkBuffer) QF_RETURN_IF_ERROR(flush());
+      if (b.size() >= kSinkBuffer) {
+        QF_RETURN_IF_ERROR(pwrite_all(fd, tmp, at, b.data(), b.size()));
+        at += b.size();
+      } else {
+        pending.insert(pending.end(), b.begin(), b.end());
+      }
+      return Status::ok();
+    };
+    const std::string ctx = fmt::format("{}: tensor '{}'", files[place[i].file].path, t.name);
+    QF_RETURN_IF_ERROR(t.fill(sink).with_context(ctx));
+    QF_RETURN_IF_ERROR(flush().with_context(ctx));
+    if (produced != t.nbytes)
+      return error("{}: fill produced {} bytes, {} {} takes {}", ctx, produced, dtype_name(t.dtype),
+                   t.shape.str(), t.nbytes);
+  }
+  pending = {};
+  return out.commit(sizes);
+}
+
 Status Writer::write(const std::string& path) const {
-  std::vector<const std::pair<std::string, TensorView>*> items;
-  items.reserve(tensors_.size());
-  for (const auto& t : tensors_) items.push_back(&t);
-  return write_one(path, std::move(items), metadata_);
+  OutFile f{path, {}};
+  f.entries.reserve(tensors_.size());
+  for (size_t i = 0; i < tensors_.size(); ++i) f.entries.push_back(i);
+  return write_files({f});
 }
 
 Status Writer::write_sharded(const std::string& dir, uint64_t max_shard_bytes) const {
@@ -387,28 +513,29 @@ Status Writer::write_sharded(const std::string& dir, uint64_t max_shard_bytes) c
   if (ec) return error("{}: cannot create directory: {}", dir, ec.message());
   const fs::path root(dir);
 
-  std::vector<const std::pair<std::string, TensorView>*> sorted;
-  sorted.reserve(tensors_.size());
-  for (const auto& t : tensors_) sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
+  std::vector<size_t> sorted(tensors_.size());
+  for (size_t i = 0; i < sorted.size(); ++i) sorted[i] = i;
+  std::sort(sorted.begin(), sorted.end(),
+            [&](size_t a, size_t b) { return tensors_[a].name < tensors_[b].name; });
 
   // Greedy in name order; a tensor larger than the limit gets a shard of its own.
-  std::vector<std::vector<const std::pair<std::string, TensorView>*>> shards(1);
+  std::vector<OutFile> shards(1);
   uint64_t shard_bytes = 0, total = 0;
-  for (const auto* t : sorted) {
-    const uint64_t nbytes = t->second.nbytes();
-    if (!shards.back().empty() && shard_bytes + nbytes > max_shard_bytes) {
+  for (size_t i : sorted) {
+    const uint64_t nbytes = tensors_[i].nbytes;
+    if (!shards.back().entries.empty() && shard_bytes + nbytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
     }
-    shards.back().push_back(t);
+    shards.back().entries.push_back(i);
     shard_bytes += nbytes;
     total += nbytes;
   }
 
   const std::string index_path = (root / kIndexFileName).string();
   if (shards.size() == 1) {
-    QF_RETURN_IF_ERROR(write_one((root / kSingleFileName).string(), shards[0], metadata_));
+    shards[0].path = (root / kSingleFileName).string();
+    QF_RETURN_IF_ERROR(write_files(shards));
     // A stale index from an earlier sharded write would take precedence over the new file.
     fs::remove(index_path, ec);
     if (ec) return error("{}: cannot remove stale index: {}", index_path, ec.message());
@@ -418,8 +545,8 @@ Status Writer::write_sharded(const std::string& dir, uint64_t max_shard_bytes) c
   json weight_map = json::object();
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
-    QF_RETURN_IF_ERROR(write_one((root / name).string(), shards[i], metadata_));
-    for (const auto* t : shards[i]) weight_map[t->first] = name;
+    shards[i].path = (root / name).string();
+    for (size_t t : shards[i].entries) weight_map[tensors_[t].name] = name;
   }
   // The index goes last, so it never names a shard that was not written.
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
@@ -429,6 +556,7 @@ Status Writer::write_sharded(const std::string& dir, uint64_t max_shard_bytes) c
   } catch (const json::exception& ex) {
     return error("{}: cannot encode index: {}", index_path, ex.what());
   }
+  QF_RETURN_IF_ERROR(write_files(shards));
   return write_file_atomic(index_path, text.data(), text.size());
 }
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <span>
 #include <unordered_map>
 
 #include "formats/gguf_quants.h"
@@ -91,51 +92,102 @@ Status check_linear(const quant::QuantizedLinear& q, const std::string& name, in
   return Status::ok();
 }
 
-// Adds a quantized linear whose blocks are encoded from its codes at write time.
-Status add_linear(gguf::GgufWriter& w, std::string gname, const std::string& hf_name,
-                  const quant::QuantizedLinear& q, GgmlType type, int64_t rope_heads) {
+// Drives a LayerStream from the writer's fill callbacks, which run one tensor at a time in file order
+// (token_embd, blk.0, ..., blk.n-1, output_norm, output, rope_freqs): entering a tensor of layer l releases
+// the layer loaded before it and loads l; entering a tensor outside the layers (-1) only releases.
+// (hf_export.cpp has the same cursor.)
+class LayerCursor {
+ public:
+  explicit LayerCursor(const LayerStream* stream) : stream_(stream) {}
+  LayerCursor(const LayerCursor&) = delete;
+  LayerCursor& operator=(const LayerCursor&) = delete;
+  ~LayerCursor() { release(); }
+
+  Status enter(int layer) {
+    if (!stream_ || layer == loaded_) return Status::ok();
+    release();
+    if (layer < 0) return Status::ok();
+    if (layer <= last_)
+      return error(
+          "model.layers.{} needed again after model.layers.{}: layers stream once, in increasing order",
+          layer, last_);
+    last_ = layer;
+    QF_RETURN_IF_ERROR(stream_->load(layer).with_context(fmt::format("loading model.layers.{}", layer)));
+    loaded_ = layer;
+    return Status::ok();
+  }
+  void release() {
+    if (loaded_ < 0) return;
+    const int l = loaded_;
+    loaded_ = -1;
+    stream_->release(l);
+  }
+
+ private:
+  const LayerStream* stream_;
+  int loaded_ = -1;  // the layer loaded now, -1 for none
+  int last_ = -1;    // the last layer loaded
+};
+
+// Encodes a checked quantized linear as Q4 rows into out[out_features * row bytes], rows in GGUF order.
+Status encode_linear(const quant::QuantizedLinear& q, GgmlType type, int64_t rope_heads,
+                     const std::string& hf_name, std::span<uint8_t> out) {
   const int64_t gs = q.cfg.group_size == 0 ? q.in : q.cfg.group_size;
   int64_t be = 0, bb = 0;
   gguf::ggml_type_layout(type, &be, &bb);
   const int64_t row_bytes = q.in / be * bb;
-  auto fill = [&q, type, gs, row_bytes, rope_heads, hf_name](std::span<uint8_t> out) -> Status {
-    const int64_t nb = q.in / kQ4Block, n_groups = q.in / gs;
-    const std::vector<int64_t> src_row = rope_row_map(q.out, rope_heads);
-    std::vector<float> scale(static_cast<size_t>(nb)),
-        zero(static_cast<size_t>(nb));  // [in/32] this row's per-block copies
-    for (int64_t r = 0; r < q.out; ++r) {
-      const int64_t src = src_row[size_t(r)];
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t g = b * kQ4Block / gs;  // a block never straddles groups: gs % 32 == 0
-        scale[size_t(b)] = q.scales.f32()[src * n_groups + g];
-        zero[size_t(b)] = q.zeros.f32()[src * n_groups + g];
-      }
-      QF_RETURN_IF_ERROR(gguf::encode_q4_row(type, q.qweight.data() + src * q.in, scale.data(), zero.data(),
-                                             q.in, out.data() + r * row_bytes)
-                             .with_context(fmt::format("{} row {}", hf_name, src)));
+  const int64_t nb = q.in / kQ4Block, n_groups = q.in / gs;
+  const std::vector<int64_t> src_row = rope_row_map(q.out, rope_heads);
+  std::vector<float> scale(static_cast<size_t>(nb)),
+      zero(static_cast<size_t>(nb));  // [in/32] this row's per-block copies
+  for (int64_t r = 0; r < q.out; ++r) {
+    const int64_t src = src_row[size_t(r)];
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t g = b * kQ4Block / gs;  // a block never straddles groups: gs % 32 == 0
+      scale[size_t(b)] = q.scales.f32()[src * n_groups + g];
+      zero[size_t(b)] = q.zeros.f32()[src * n_groups + g];
     }
-    return Status::ok();
+    QF_RETURN_IF_ERROR(gguf::encode_q4_row(type, q.qweight.data() + src * q.in, scale.data(), zero.data(),
+                                           q.in, out.data() + r * row_bytes)
+                           .with_context(fmt::format("{} row {}", hf_name, src)));
+  }
+  return Status::ok();
+}
+
+// Adds a quantized linear whose blocks are encoded from its codes at write time.
+Status add_linear(gguf::GgufWriter& w, std::string gname, const std::string& hf_name,
+                  const quant::QuantizedLinear& q, GgmlType type, int64_t rope_heads) {
+  auto fill = [&q, type, rope_heads, hf_name](std::span<uint8_t> out) -> Status {
+    return encode_linear(q, type, rope_heads, hf_name, out);
   };
   return w.add_tensor(std::move(gname), type, {q.in, q.out}, std::move(fill));
 }
 
-// Adds a dense tensor (f32 in memory) as F32 or F16, rows permuted for q/k biases.
-Status add_dense(gguf::GgufWriter& w, std::string gname, const Tensor& t, GgmlType type, int64_t rope_heads) {
+// A dense tensor (f32 in memory) as F32 or F16 into out, rows permuted for q/k biases.
+void encode_dense(const Tensor& t, GgmlType type, int64_t rope_heads, std::span<uint8_t> out) {
+  const int64_t rows = t.shape()[0], cols = t.numel() / rows;
+  std::vector<float> tmp;
+  const float* src = t.f32();
+  if (rope_heads > 0) {
+    tmp.assign(t.f32(), t.f32() + t.numel());
+    permute_rope_rows(tmp.data(), rows, cols, rope_heads);
+    src = tmp.data();
+  }
+  if (type == GgmlType::kF32)
+    std::memcpy(out.data(), src, size_t(t.numel()) * sizeof(float));
+  else
+    convert_from_f32(src, t.numel(), DType::kF16, out.data());
+}
+
+// Adds a dense tensor (f32 in memory, outside the decoder layers) as F32 or F16, rows permuted for q/k
+// biases. Writing it releases a streamed layer still loaded.
+Status add_dense(gguf::GgufWriter& w, std::string gname, const Tensor& t, GgmlType type, int64_t rope_heads,
+                 LayerCursor& cursor) {
   std::vector<int64_t> ne = t.shape().to_vector();
   std::reverse(ne.begin(), ne.end());
-  auto fill = [&t, type, rope_heads](std::span<uint8_t> out) -> Status {
-    const int64_t rows = t.shape()[0], cols = t.numel() / rows;
-    std::vector<float> tmp;
-    const float* src = t.f32();
-    if (rope_heads > 0) {
-      tmp.assign(t.f32(), t.f32() + t.numel());
-      permute_rope_rows(tmp.data(), rows, cols, rope_heads);
-      src = tmp.data();
-    }
-    if (type == GgmlType::kF32)
-      std::memcpy(out.data(), src, size_t(t.numel()) * sizeof(float));
-    else
-      convert_from_f32(src, t.numel(), DType::kF16, out.data());
+  auto fill = [&t, type, rope_heads, &cursor](std::span<uint8_t> out) -> Status {
+    QF_RETURN_IF_ERROR(cursor.enter(-1));
+    encode_dense(t, type, rope_heads, out);
     return Status::ok();
   };
   return w.add_tensor(std::move(gname), type, std::move(ne), std::move(fill));
@@ -333,7 +385,10 @@ Status save_gguf_checkpoint(const std::string& path, const ModelConfig& c, const
     return fail(error("quantized type must be Q4_0 or Q4_1, got {}", gguf::ggml_type_name(opt.q4_type)));
   if (opt.embed_type != GgmlType::kF16 && opt.embed_type != GgmlType::kF32)
     return fail(error("embedding type must be F16 or F32, got {}", gguf::ggml_type_name(opt.embed_type)));
-  if (int64_t(linears.layers.size()) != c.num_hidden_layers)
+  if (opt.layers && (!opt.layers->load || !opt.layers->release))
+    return fail(error("the layer stream has no load or release"));
+  // Streamed: linears.layers[l] is filled by the stream's load(l) and checked then.
+  if (!opt.layers && int64_t(linears.layers.size()) != c.num_hidden_layers)
     return fail(error("{} layers of quantized linears for a model of {} layers", linears.layers.size(),
                       c.num_hidden_layers));
 
@@ -376,6 +431,7 @@ Status save_gguf_checkpoint(const std::string& path, const ModelConfig& c, const
 
   // Tensors, in tensor_slots order; linears from their codes.
   std::vector<float> rope_factors;
+  LayerCursor cursor(opt.layers);
   for (const TensorSlot& s : tensor_slots(c, weights)) {
     const LinearSpec* spec = nullptr;
     for (const LinearSpec& ls : kLlamaLinears)
@@ -388,25 +444,56 @@ Status save_gguf_checkpoint(const std::string& path, const ModelConfig& c, const
     if (spec) {
       const size_t i = size_t(spec - kLlamaLinears.data());
       const std::string hf = fmt::format("model.layers.{}.{}", s.layer, spec->name);
+      if (opt.layers) {
+        // Planned from the config: ne {in, out}; the codes are checked and encoded once the layer is loaded.
+        const int l = s.layer;
+        const int64_t out = s.shape[0], in = s.shape[1];
+        auto fill = [&cursor, &linears, &opt, l, i, out, in, hf,
+                     rope_heads](std::span<uint8_t> bytes) -> Status {
+          QF_RETURN_IF_ERROR(cursor.enter(l));
+          if (size_t(l) >= linears.layers.size() || linears.layers[size_t(l)].size() != kLlamaLinears.size())
+            return error("model.layers.{}: no quantized linears after loading the layer", l);
+          const quant::QuantizedLinear& q = linears.layers[size_t(l)][i];
+          QF_RETURN_IF_ERROR(check_linear(q, hf, out, in, opt.q4_type));
+          return encode_linear(q, opt.q4_type, rope_heads, hf, bytes);
+        };
+        QF_RETURN_IF_ERROR(
+            fail(w.add_tensor(gguf_tensor_name(s.name), opt.q4_type, {in, out}, std::move(fill))));
+        continue;
+      }
       const auto& layer = linears.layers[size_t(s.layer)];
       if (layer.size() != kLlamaLinears.size())
         return fail(error("model.layers.{}: {} quantized linears, expected {}", s.layer, layer.size(),
                           kLlamaLinears.size()));
       const quant::QuantizedLinear& q = layer[i];
       QF_RETURN_IF_ERROR(fail(check_linear(q, hf, s.shape[0], s.shape[1], opt.q4_type)));
-      QF_RETURN_IF_ERROR(
-          fail(add_linear(w, gguf_tensor_name(s.name), hf, q,
-                          opt.q4_type, rope_heads)));
+      QF_RETURN_IF_ERROR(fail(add_linear(w, gguf_tensor_name(s.name), hf, q, opt.q4_type, rope_heads)));
       continue;
     }
     const std::string gname = gguf_tensor_name(s.name);
     if (gname.empty()) return fail(error("tensor '{}' has no GGUF name", s.name));
+    if (opt.layers && s.layer >= 0) {
+      std::vector<int64_t> ne = s.shape.to_vector();
+      std::reverse(ne.begin(), ne.end());
+      auto fill = [&cursor, l = s.layer, t = s.tensor, name = s.name, shape = s.shape,
+                   rope_heads](std::span<uint8_t> bytes) -> Status {
+        QF_RETURN_IF_ERROR(cursor.enter(l));
+        if (t->empty() || !(t->shape() == shape) || t->dtype() != DType::kF32)
+          return error(
+              "tensor '{}' is missing, not f32, or has shape {} (expected {}) after loading its layer", name,
+              t->shape().str(), shape.str());
+        encode_dense(*t, GgmlType::kF32, rope_heads, bytes);
+        return Status::ok();
+      };
+      QF_RETURN_IF_ERROR(fail(w.add_tensor(gname, GgmlType::kF32, std::move(ne), std::move(fill))));
+      continue;
+    }
     if (s.tensor->empty() || !(s.tensor->shape() == s.shape) || s.tensor->dtype() != DType::kF32)
       return fail(error("tensor '{}' is missing, not f32, or has shape {} (expected {})", s.name,
                         s.tensor->shape().str(), s.shape.str()));
     const bool matrix = s.name == "model.embed_tokens.weight" || s.name == "lm_head.weight";
     QF_RETURN_IF_ERROR(
-        fail(add_dense(w, gname, *s.tensor, matrix ? opt.embed_type : GgmlType::kF32, rope_heads)));
+        fail(add_dense(w, gname, *s.tensor, matrix ? opt.embed_type : GgmlType::kF32, rope_heads, cursor)));
   }
   if (c.rope_scaling.type == "llama3") {
     rope_factors = llama3_rope_factors(c);
@@ -415,7 +502,9 @@ Status save_gguf_checkpoint(const std::string& path, const ModelConfig& c, const
     QF_RETURN_IF_ERROR(fail(
         w.add_tensor("rope_freqs.weight", GgmlType::kF32, {int64_t(rope_factors.size())}, std::move(bytes))));
   }
-  return w.write(path);
+  const Status written = w.write(path);
+  cursor.release();  // the layer a failed write stopped in
+  return written;
 }
 
 }  // namespace qforge

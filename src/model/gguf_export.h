@@ -9,6 +9,7 @@
 #include "core/status.h"
 #include "formats/gguf.h"
 #include "model/config.h"
+#include "model/layer_stream.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "quant/pipeline.h"
@@ -22,6 +23,15 @@ struct GgufExportOptions {
   // token_embd.weight and output.weight: kF16 (llama.cpp's usual choice) or kF32 (lossless).
   gguf::GgmlType embed_type = gguf::GgmlType::kF16;
   std::string name;  // general.name; empty: "qforge"
+  // Null: every tensor of `weights` and every linear of `linears` is in memory. Set: the decoder layers
+  // stream through it and only the embedding, final norm and lm_head need be in memory. The tensor infos
+  // are planned from the config alone (tensor_slots shapes; a linear [out, in] is a Q4 tensor of ne
+  // {in, out}); while the data is written, load(l) is called before the first tensor of layer l (blk.l) and
+  // release(l) after its last, each layer once, in increasing order, one layer loaded at a time; load(l)
+  // must fill weights.layers[l] (f32) and linears.layers[l], which are checked then (an error names the
+  // layer). Besides the loaded layer at most one tensor's encoded bytes are held. The file is the same bytes
+  // as without a stream. An error from load aborts the export and leaves nothing at `path`.
+  const LayerStream* layers = nullptr;
 };
 
 // llama.cpp's general.file_type (llama_ftype) for a Q4 type: MOSTLY_Q4_0 = 2, MOSTLY_Q4_1 = 3.

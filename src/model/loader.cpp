@@ -10,6 +10,7 @@
 #include <optional>
 #include <sstream>
 
+#include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/gguf_quants.h"
 #include "formats/quant_pack.h"
@@ -171,49 +172,80 @@ Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f) {
   return c;
 }
 
+namespace {
+
+// One tensor slot from GGUF: checked (present, shape), and with load_data read into the slot (f32 or packed),
+// after which its mapped pages leave the resident set.
+Status gguf_slot(const gguf::GgufFile& f, const ModelConfig& c, TensorSlot& s, bool pack_q4, bool load_data) {
+  std::string gname = gguf_tensor_name(s.name);
+  if (gname.empty()) gname = s.name;
+  const gguf::TensorInfo* ti = f.find_tensor(gname);
+  if (!ti) return error("{}: tensor '{}' (for {}) missing", f.path(), gname, s.name);
+  if (!(ti->shape() == s.shape))
+    return error("{}: tensor '{}' has shape {}, the model config implies {}", f.path(), gname, ti->shape().str(),
+                 s.shape.str());
+  if (!load_data) return Status::ok();
+  const bool is_q = s.name.ends_with("self_attn.q_proj.weight") || s.name.ends_with("self_attn.q_proj.bias");
+  const bool is_k = s.name.ends_with("self_attn.k_proj.weight") || s.name.ends_with("self_attn.k_proj.bias");
+  const int64_t rope_heads = is_q ? c.num_attention_heads : is_k ? c.num_key_value_heads : 0;
+  const std::span<const uint8_t> bytes = f.tensor_bytes(*ti);
+  if (pack_q4 && s.packed) {
+    QF_ASSIGN_OR_RETURN(std::optional<kernels::W4Weight> w4, q4_to_w4(f, *ti, s.shape[0], s.shape[1], rope_heads, s.name));
+    if (w4) {
+      *s.packed = std::make_shared<const kernels::W4Weight>(std::move(*w4));
+      drop_resident_pages(bytes.data(), bytes.size());
+      return Status::ok();
+    }
+  }
+  QF_ASSIGN_OR_RETURN(*s.tensor, f.load_f32(*ti));
+  drop_resident_pages(bytes.data(), bytes.size());
+  if (rope_heads > 0) {
+    const int64_t rows = s.shape[0], cols = s.shape.rank == 2 ? s.shape[1] : 1;
+    unpermute_rope_rows(s.tensor->f32(), rows, cols, rope_heads);
+  }
+  return Status::ok();
+}
+
+// Empties decoder layer l (its tensors and packed forms).
+void free_layer(ModelWeights& w, int l) { w.layers[size_t(l)] = LayerWeights{}; }
+
+}  // namespace
+
 Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4) {
+  return weights_from_gguf(f, c, pack_q4, /*layers=*/true);
+}
+
+Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4, bool layers) {
   // Every layer has at least 9 tensors: a block count the file cannot hold is refused before any allocation.
   if (uint64_t(c.num_hidden_layers) * 9 > f.tensors().size())
     return error("{}: block_count {} needs at least {} tensors, the file has {}", f.path(), c.num_hidden_layers,
                  uint64_t(c.num_hidden_layers) * 9, f.tensors().size());
   ModelWeights w;
-  for (TensorSlot& s : tensor_slots(c, w)) {
-    std::string gname = gguf_tensor_name(s.name);
-    if (gname.empty()) gname = s.name;
-    const gguf::TensorInfo* ti = f.find_tensor(gname);
-    if (!ti) return error("{}: tensor '{}' (for {}) missing", f.path(), gname, s.name);
-    if (!(ti->shape() == s.shape))
-      return error("{}: tensor '{}' has shape {}, the model config implies {}", f.path(), gname,
-                   ti->shape().str(), s.shape.str());
-    const bool is_q = s.name.ends_with("self_attn.q_proj.weight") || s.name.ends_with("self_attn.q_proj.bias");
-    const bool is_k = s.name.ends_with("self_attn.k_proj.weight") || s.name.ends_with("self_attn.k_proj.bias");
-    const int64_t rope_heads = is_q ? c.num_attention_heads : is_k ? c.num_key_value_heads : 0;
-    if (pack_q4 && s.packed) {
-      QF_ASSIGN_OR_RETURN(std::optional<kernels::W4Weight> w4, q4_to_w4(f, *ti, s.shape[0], s.shape[1], rope_heads, s.name));
-      if (w4) {
-        *s.packed = std::make_shared<const kernels::W4Weight>(std::move(*w4));
-        continue;
-      }
-    }
-    QF_ASSIGN_OR_RETURN(*s.tensor, f.load_f32(*ti));
-    if (rope_heads > 0) {
-      const int64_t rows = s.shape[0], cols = s.shape.rank == 2 ? s.shape[1] : 1;
-      unpermute_rope_rows(s.tensor->f32(), rows, cols, rope_heads);
-    }
-  }
+  for (TensorSlot& s : tensor_slots(c, w)) QF_RETURN_IF_ERROR(gguf_slot(f, c, s, pack_q4, layers || s.layer < 0));
   return w;
 }
 
 namespace {
 
 Expected<LoadedModel> load_gguf(const std::string& path, const LoadOptions& opt) {
-  QF_ASSIGN_OR_RETURN(gguf::GgufFile f, gguf::GgufFile::open(path));
-  QF_ASSIGN_OR_RETURN(ModelConfig c, config_from_gguf(f));
-  QF_ASSIGN_OR_RETURN(ModelWeights w, weights_from_gguf(f, c, opt.pack_q4));
+  QF_ASSIGN_OR_RETURN(gguf::GgufFile gf, gguf::GgufFile::open(path));
+  auto f = std::make_shared<gguf::GgufFile>(std::move(gf));
+  QF_ASSIGN_OR_RETURN(ModelConfig c, config_from_gguf(*f));
+  QF_ASSIGN_OR_RETURN(ModelWeights w, weights_from_gguf(*f, c, opt.pack_q4, !opt.stream_layers));
   LoadedModel m;
   m.source = path;
-  QF_ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::from_gguf(f));
+  QF_ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::from_gguf(*f));
   m.model = std::make_unique<LlamaModel>(std::move(c), std::move(w));
+  if (opt.stream_layers) {
+    LlamaModel* model = m.model.get();
+    const bool pack_q4 = opt.pack_q4;
+    m.layers.load = [f, model, pack_q4](int l) {
+      for (TensorSlot& s : tensor_slots(model->config(), model->mutable_weights()))
+        if (s.layer == l) QF_RETURN_IF_ERROR(gguf_slot(*f, model->config(), s, pack_q4, true));
+      return Status::ok();
+    };
+    m.layers.release = [model](int l) { free_layer(model->mutable_weights(), l); };
+  }
   return m;
 }
 
@@ -288,50 +320,70 @@ Expected<PackedWeight> load_packed_linear(const safetensors::Checkpoint& ckpt, c
   return std::make_shared<const kernels::W4Weight>(std::move(w4));
 }
 
+// One tensor slot of a Hugging Face checkpoint: checked (present, shape, dtype), and with load_data read into the
+// slot (f32, or packed for AWQ/GPTQ linears), after which its mapped pages leave the resident set.
+Status hf_slot(const safetensors::Checkpoint& ckpt, const std::string& dir, const std::string& cfg_path,
+               const std::optional<formats::QuantizationConfig>& qc, const LoadOptions& opt, TensorSlot& s,
+               bool load_data) {
+  if (qc && s.packed) {
+    const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
+    if (ckpt.find(base + ".qweight")) {
+      if (!load_data) return Status::ok();  // load_packed_linear checks its tensors when it reads them
+      QF_ASSIGN_OR_RETURN(*s.packed, load_packed_linear(ckpt, dir, *qc, base, s.shape));
+      if (opt.dequantize_packed) {
+        const std::vector<float> deq = kernels::w4_dequantize(**s.packed);
+        *s.tensor = Tensor(DType::kF32, s.shape);
+        std::copy(deq.begin(), deq.end(), s.tensor->f32());
+        s.packed->reset();
+      }
+      return Status::ok();
+    }
+    // Not converted (modules_to_not_convert): a dense weight follows.
+  }
+  const safetensors::TensorEntry* e = ckpt.find(s.name);
+  if (!e) {
+    if (s.packed && !qc && ckpt.find(s.name.substr(0, s.name.size() - 7) + ".qweight"))
+      return error("{}: '{}' is stored packed (.qweight) but {} has no quantization_config", dir, s.name, cfg_path);
+    return error("{}: tensor '{}' missing (required by {})", dir, s.name, cfg_path);
+  }
+  if (!(e->view.shape == s.shape))
+    return error("{}: tensor '{}' has shape {}, but {} implies {}", dir, s.name, e->view.shape.str(), cfg_path,
+                 s.shape.str());
+  if (e->view.dtype != DType::kF32 && e->view.dtype != DType::kF16 && e->view.dtype != DType::kBF16)
+    return error("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", dir, s.name, dtype_name(e->view.dtype));
+  if (!load_data) return Status::ok();
+  *s.tensor = Tensor(DType::kF32, s.shape);
+  convert_to_f32(e->view, s.tensor->f32());
+  drop_resident_pages(e->view.data, size_t(s.shape.numel()) * dtype_size(e->view.dtype));
+  return Status::ok();
+}
+
 Expected<LoadedModel> load_hf_dir(const std::string& dir, const LoadOptions& opt) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   QF_ASSIGN_OR_RETURN(ModelConfig c, load_model_config(cfg_path));
   QF_ASSIGN_OR_RETURN(std::optional<formats::QuantizationConfig> qc, find_quantization_config(dir));
-  QF_ASSIGN_OR_RETURN(safetensors::Checkpoint ckpt, safetensors::Checkpoint::open_dir(dir));
-  if (uint64_t(c.num_hidden_layers) * 9 > ckpt.names().size())
+  QF_ASSIGN_OR_RETURN(safetensors::Checkpoint opened, safetensors::Checkpoint::open_dir(dir));
+  auto ckpt = std::make_shared<safetensors::Checkpoint>(std::move(opened));
+  if (uint64_t(c.num_hidden_layers) * 9 > ckpt->names().size())
     return error("{}: num_hidden_layers {} needs at least {} tensors, the checkpoint has {}", dir, c.num_hidden_layers,
-                 uint64_t(c.num_hidden_layers) * 9, ckpt.names().size());
+                 uint64_t(c.num_hidden_layers) * 9, ckpt->names().size());
   ModelWeights w;
-  for (TensorSlot& s : tensor_slots(c, w)) {
-    if (qc && s.packed) {
-      const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
-      if (ckpt.find(base + ".qweight")) {
-        QF_ASSIGN_OR_RETURN(*s.packed, load_packed_linear(ckpt, dir, *qc, base, s.shape));
-        if (opt.dequantize_packed) {
-          const std::vector<float> deq = kernels::w4_dequantize(**s.packed);
-          *s.tensor = Tensor(DType::kF32, s.shape);
-          std::copy(deq.begin(), deq.end(), s.tensor->f32());
-          s.packed->reset();
-        }
-        continue;
-      }
-      // Not converted (modules_to_not_convert): a dense weight follows.
-    }
-    const safetensors::TensorEntry* e = ckpt.find(s.name);
-    if (!e) {
-      if (s.packed && !qc && ckpt.find(s.name.substr(0, s.name.size() - 7) + ".qweight"))
-        return error("{}: '{}' is stored packed (.qweight) but {} has no quantization_config", dir, s.name, cfg_path);
-      return error("{}: tensor '{}' missing (required by {})", dir, s.name, cfg_path);
-    }
-    if (!(e->view.shape == s.shape))
-      return error("{}: tensor '{}' has shape {}, but {} implies {}", dir, s.name, e->view.shape.str(), cfg_path,
-                   s.shape.str());
-    if (e->view.dtype != DType::kF32 && e->view.dtype != DType::kF16 && e->view.dtype != DType::kBF16)
-      return error("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", dir, s.name,
-                   dtype_name(e->view.dtype));
-    *s.tensor = Tensor(DType::kF32, s.shape);
-    convert_to_f32(e->view, s.tensor->f32());
-  }
+  for (TensorSlot& s : tensor_slots(c, w))
+    QF_RETURN_IF_ERROR(hf_slot(*ckpt, dir, cfg_path, qc, opt, s, !opt.stream_layers || s.layer < 0));
   LoadedModel m;
   m.source = dir;
   const std::string tok_path = (fs::path(dir) / "tokenizer.json").string();
   QF_ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::from_tokenizer_json(tok_path));
   m.model = std::make_unique<LlamaModel>(std::move(c), std::move(w));
+  if (opt.stream_layers) {
+    LlamaModel* model = m.model.get();
+    m.layers.load = [ckpt, dir, cfg_path, qc, opt, model](int l) {
+      for (TensorSlot& s : tensor_slots(model->config(), model->mutable_weights()))
+        if (s.layer == l) QF_RETURN_IF_ERROR(hf_slot(*ckpt, dir, cfg_path, qc, opt, s, true));
+      return Status::ok();
+    };
+    m.layers.release = [model](int l) { free_layer(model->mutable_weights(), l); };
+  }
   return m;
 }
 

@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "model/config.h"
+#include "model/layer_stream.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 
@@ -20,6 +21,9 @@ struct LoadedModel {
   std::string source;  // path it was loaded from
   std::unique_ptr<LlamaModel> model;
   Tokenizer tokenizer;
+  // With LoadOptions::stream_layers: loads decoder layer l of *model from the mapped checkpoint / frees it.
+  // It keeps the checkpoint open and points into *model, so it must not outlive them.
+  LayerStream layers;
 };
 
 struct LoadOptions {
@@ -28,6 +32,11 @@ struct LoadOptions {
   // AWQ/GPTQ checkpoints: dequantize the packed linears to f32 (for tests and further processing) instead of
   // keeping them packed for the int4 runtime.
   bool dequantize_packed = false;
+  // Read only the embedding, final norm and lm_head now; LoadedModel::layers reads decoder layer l on load(l)
+  // (converting it to f32, then dropping the mapped input pages from the resident set) and frees it on
+  // release(l), so quantization holds one layer at a time. Every tensor's presence, shape and dtype is still
+  // checked here, before anything runs.
+  bool stream_layers = false;
 };
 
 // `path` is a .gguf file or a directory with config.json. A directory whose config.json carries an AWQ (gemm)
@@ -38,6 +47,8 @@ Expected<LoadedModel> load_model(const std::string& path, const LoadOptions& opt
 Expected<ModelConfig> config_from_gguf(const gguf::GgufFile& f);
 // All weights from GGUF in Hugging Face layout: dequantized to f32, or with pack_q4 the Q4_0/Q4_1 linears packed.
 Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4 = false);
+// With layers = false, the decoder layers' tensors are only checked (present, shape), not read.
+Expected<ModelWeights> weights_from_gguf(const gguf::GgufFile& f, const ModelConfig& c, bool pack_q4, bool layers);
 
 // llama.cpp's name of a Hugging Face tensor ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight",
 // "model.embed_tokens.weight" -> "token_embd.weight"); "" when it has none. Shared by the loader and GGUF export.

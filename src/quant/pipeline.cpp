@@ -375,17 +375,19 @@ Status awq_layer(Ctx& c, int l) {
 
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
                                         const PipelineOptions& opt, QuantizedLinears* quantized,
-                                        PipelineResume* resume, const LayerDoneFn& on_layer_done) {
+                                        PipelineResume* resume, const LayerDoneFn& on_layer_done,
+                                        const LayerStream* layers) {
   const auto t0 = Clock::now();
   const ModelConfig& cfg = model.config();
   ModelWeights& w = model.mutable_weights();
   if (w.has_packed())
     return error("the model holds packed int4 linears; quantize from a full-precision checkpoint "
                  "(or load the packed one dequantized)");
-  for (int l = 0; l < int(cfg.num_hidden_layers); ++l)
-    for (const LinearSpec& s : kLlamaLinears) {
-      const Tensor& W = w.layers[size_t(l)].*s.weight;
-      QF_RETURN_IF_ERROR(validate_quant_config(opt.quant, W.shape()[1], linear_name(l, s)));
+  // Shapes from the config: with `layers`, the layers are not loaded yet.
+  for (const TensorSlot& s : tensor_slots(cfg, w))
+    if (s.packed) {
+      const std::string base = s.name.substr(0, s.name.size() - std::string(".weight").size());
+      QF_RETURN_IF_ERROR(validate_quant_config(opt.quant, s.shape[1], base));
     }
   PipelineReport rep;
   const bool needs_calib = opt.method != Method::kRtn ||
@@ -437,6 +439,7 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
+    if (layers) QF_RETURN_IF_ERROR(layers->load(l));
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));
@@ -456,6 +459,7 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     // The layer's outputs with all its linears quantized feed the next layer.
     if (needs_calib) advance(c, l);
     if (on_layer_done) QF_RETURN_IF_ERROR(on_layer_done(l, rep, x));
+    if (layers) layers->release(l);
     bar.update(l + 1);
   }
   bar.finish();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "model/layer_stream.h"
 #include "model/llama.h"
 #include "quant/awq.h"
 #include "quant/gptq.h"
@@ -97,8 +98,12 @@ using LayerDoneFn = std::function<Status(int layer, const PipelineReport& so_far
 
 // With `quantized` non-null, the quantized linears are kept there (the ablation keep_fp_fraction cannot be
 // kept: its weights are not on the grid).
+// With `layers`, the model's decoder layers are not in memory: the pipeline calls layers->load(l) before it
+// works on layer l and layers->release(l) after on_layer_done(l) (which must have saved what the caller needs,
+// the layer's weights and quantized linears), so one layer is held at a time.
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
                                         const PipelineOptions& opt, QuantizedLinears* quantized = nullptr,
-                                        PipelineResume* resume = nullptr, const LayerDoneFn& on_layer_done = nullptr);
+                                        PipelineResume* resume = nullptr, const LayerDoneFn& on_layer_done = nullptr,
+                                        const LayerStream* layers = nullptr);
 
 }  // namespace qforge::quant

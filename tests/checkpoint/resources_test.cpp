@@ -28,6 +28,12 @@ TEST(Resources, EstimateCountsTheWeightsAndTheCalibration) {
   const ResourceEstimate more = estimate_quantize_resources(c, 256, 2048, true);
   EXPECT_GT(more.memory_bytes, e.memory_bytes);  // more calibration, more memory
   EXPECT_NE(e.breakdown.find("calibration activations"), std::string::npos);
+  // One layer at a time: the weights term shrinks from 80 layers to about two.
+  const ResourceEstimate streamed = estimate_quantize_resources(c, 0, 0, true, /*stream_layers=*/true);
+  const ResourceEstimate whole = estimate_quantize_resources(c, 0, 0, true, /*stream_layers=*/false);
+  EXPECT_LT(streamed.memory_bytes * 10, whole.memory_bytes);
+  EXPECT_EQ(streamed.disk_bytes, whole.disk_bytes);
+  EXPECT_NE(streamed.breakdown.find("one layer at a time"), std::string::npos);
 }
 
 TEST(Resources, RunsThisMachineCannotHoldAreRefusedWithWhatToLower) {

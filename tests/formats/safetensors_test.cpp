@@ -653,5 +653,122 @@ TEST(Writer, FailedWritesLeaveNothingBehind) {
   EXPECT_FALSE(w.write_sharded(tmp.file("zero"), 0));
 }
 
+// ---- streamed tensors ---------------------------------------------------------------------------------
+
+// A fill that hands the tensor's bytes to the sink in pieces of `piece` bytes (0: all at once).
+TensorFillFn fill_from(const Tensor& t, size_t piece, std::vector<std::string>* calls,
+                       const std::string& name) {
+  return [&t, piece, calls, name](const ByteSink& sink) -> Status {
+    if (calls) calls->push_back(name);
+    const auto* p = t.data<uint8_t>();
+    const size_t n = t.nbytes(), step = piece == 0 ? std::max<size_t>(n, 1) : piece;
+    for (size_t i = 0; i < n; i += step) QF_RETURN_IF_ERROR(sink({p + i, std::min(step, n - i)}));
+    return Status::ok();
+  };
+}
+
+// The every-dtype tensors plus a 1.5 MiB one (larger than the sink's buffer) and one of odd size given in
+// odd pieces: streamed, or half streamed, they give the same single file and the same shards as views, and
+// the fills run in the order the tensors were added, whatever their places in the files.
+TEST(Writer, StreamedTensorsGiveTheSameFilesAsViews) {
+  TempDir tmp;
+  auto specs = every_dtype_specs();
+  specs.push_back({"big", DType::kF32, {3, 131072}});
+  specs.push_back({"odd", DType::kU8, {1001}});
+  const auto tensors = make_tensors(specs);
+  Writer views, streamed, mixed;
+  std::vector<std::string> calls;
+  for (size_t i = specs.size(); i-- > 0;) {  // added in reverse name order
+    const Spec& sp = specs[i];
+    ASSERT_TRUE(views.add(sp.name, tensors[i].view()));
+    const size_t piece = i % 3 == 0 ? 0 : i % 3 == 1 ? 7 : 100000;
+    ASSERT_TRUE(
+        streamed.add_streamed(sp.name, sp.dtype, sp.shape, fill_from(tensors[i], piece, &calls, sp.name)));
+    if (i % 2)
+      ASSERT_TRUE(mixed.add(sp.name, tensors[i].view()));
+    else
+      ASSERT_TRUE(
+          mixed.add_streamed(sp.name, sp.dtype, sp.shape, fill_from(tensors[i], 0, nullptr, sp.name)));
+  }
+  for (Writer* w : {&views, &streamed, &mixed}) w->set_metadata("format", "pt");
+
+  ASSERT_TRUE(views.write(tmp.file("views.safetensors")));
+  ASSERT_TRUE(streamed.write(tmp.file("streamed.safetensors")));
+  ASSERT_TRUE(mixed.write(tmp.file("mixed.safetensors")));
+  const std::string expect = read_bytes(tmp.file("views.safetensors"));
+  EXPECT_TRUE(read_bytes(tmp.file("streamed.safetensors")) == expect);
+  EXPECT_TRUE(read_bytes(tmp.file("mixed.safetensors")) == expect);
+  std::vector<std::string> added;
+  for (size_t i = specs.size(); i-- > 0;) added.push_back(specs[i].name);
+  EXPECT_EQ(calls, added);
+
+  // Sharded: the 1.5 MiB tensor alone, the rest split greedily; same files, same index.
+  calls.clear();
+  const std::string a = tmp.file("a"), b = tmp.file("b"), c = tmp.file("c");
+  ASSERT_TRUE(views.write_sharded(a, 60));
+  ASSERT_TRUE(streamed.write_sharded(b, 60));
+  ASSERT_TRUE(mixed.write_sharded(c, 60));
+  EXPECT_EQ(calls, added);
+  const auto names = list_dir(a);
+  EXPECT_GT(names.size(), 3u);
+  EXPECT_EQ(list_dir(b), names);
+  EXPECT_EQ(list_dir(c), names);
+  for (const auto& n : names) {
+    const std::string x = read_bytes(a + "/" + n);
+    EXPECT_TRUE(read_bytes(b + "/" + n) == x) << n;
+    EXPECT_TRUE(read_bytes(c + "/" + n) == x) << n;
+  }
+  auto ckpt = Checkpoint::open_dir(b);
+  ASSERT_TRUE(ckpt) << ckpt.message();
+  for (size_t i = 0; i < specs.size(); ++i)
+    EXPECT_TRUE(same_bytes(ckpt->find(specs[i].name)->view, tensors[i].view())) << specs[i].name;
+}
+
+// A fill that fails, or gives fewer or more bytes than its dtype and shape take, fails the write with the
+// tensor's name, runs no later fill, and leaves no file, shard, index or temporary.
+TEST(Writer, FailedOrShortFillsLeaveNothingBehind) {
+  TempDir tmp;
+  Tensor t(DType::kF32, {4});
+  Tensor longer(DType::kF32, {5});
+  Tensor shorter(DType::kF32, {3});
+  struct Case {
+    const char* what;
+    TensorFillFn fill;
+  };
+  const std::vector<Case> cases = {
+      {"disk on fire", [](const ByteSink&) { return error("disk on fire"); }},
+      {"fill produced 12 bytes", fill_from(shorter, 0, nullptr, "")},
+      {"more than the 16 bytes", fill_from(longer, 5, nullptr, "")},
+  };
+  for (const Case& c : cases) {
+    for (const bool sharded : {false, true}) {
+      SCOPED_TRACE(std::string(c.what) + (sharded ? " sharded" : ""));
+      std::vector<std::string> calls;
+      Writer w;
+      ASSERT_TRUE(w.add_streamed("a", DType::kF32, {4}, fill_from(t, 0, &calls, "a")));
+      ASSERT_TRUE(w.add_streamed("b", DType::kF32, {4}, c.fill));
+      ASSERT_TRUE(w.add_streamed("c", DType::kF32, {4}, fill_from(t, 0, &calls, "c")));
+      const std::string out = tmp.file("out");
+      Status s = sharded ? w.write_sharded(out, 16) : w.write(out);
+      ASSERT_FALSE(s);
+      EXPECT_NE(s.message().find(c.what), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find("'b'"), std::string::npos) << s.message();
+      EXPECT_EQ(calls, std::vector<std::string>{"a"});
+      if (sharded) {
+        EXPECT_TRUE(list_dir(out).empty());
+        fs::remove(out);
+      }
+      EXPECT_TRUE(list_dir(tmp.path()).empty());
+    }
+  }
+
+  Writer w;
+  ASSERT_TRUE(w.add_streamed("x", DType::kF32, {4}, fill_from(t, 0, nullptr, "x")));
+  EXPECT_FALSE(w.add_streamed("x", DType::kF32, {4}, fill_from(t, 0, nullptr, "x")));  // duplicate
+  EXPECT_FALSE(w.add("x", t.view()));
+  EXPECT_FALSE(w.add_streamed("__metadata__", DType::kF32, {4}, fill_from(t, 0, nullptr, "")));
+  EXPECT_FALSE(w.add_streamed("y", DType::kF32, {4}, nullptr));
+}
+
 }  // namespace
 }  // namespace qforge::safetensors
