@@ -19,13 +19,15 @@ build: setup
 	cmake --build --preset $(PRESET)
 
 # The tests, then the unit tests again in an AddressSanitizer + UBSan build (the script-driven tests, which
-# run the qforge binary on the default model, are left to the optimised build: they would take too long).
+# run the qforge binary on the default model, are left to the optimised build: they would take too long), then
+# every libFuzzer target for 10 s on its committed corpus (clang build; docs/fuzzing.md).
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j2
 	cmake --preset asan >/dev/null
 	cmake --build --preset asan --target qforge_tests qforge
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir build/asan --output-on-failure -j2 -E '^(PackedCompat|Determinism|Resume|cuda)'
+	FUZZ_SECONDS=10 bash fuzz/ci_fuzz.sh
 
 # The main job: FP reference, then RTN / GPTQ / AWQ / AWQ+GPTQ at 4 bits (group 64) calibrated on the
 # Brown corpus, scored on WikiText-2 against FP. A small budget so it ends in minutes on 2 cores; see

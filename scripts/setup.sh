@@ -6,7 +6,8 @@ set -euo pipefail
 
 PACKAGES=(cmake ninja-build g++ pkg-config python3 python3-pip python3-venv unzip
           nlohmann-json3-dev libcli11-dev libfmt-dev libopenblas-dev liblapacke-dev libhwy-dev
-          libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
+          clang-14 libclang-rt-14-dev)  # clang + libFuzzer: the fuzz targets make test runs (docs/fuzzing.md)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

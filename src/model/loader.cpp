@@ -315,9 +315,12 @@ Expected<PackedWeight> load_packed_linear(const safetensors::Checkpoint& ckpt, c
   QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".scales", DType::kF16, Shape{G, O}, p.scales));
   if (!awq && ckpt.find(base + ".g_idx"))
     QF_RETURN_IF_ERROR(read_exact(ckpt, dir, base + ".g_idx", DType::kI32, Shape{I}, p.g_idx));
-  QF_ASSIGN_OR_RETURN(quant::QuantizedLinear q, formats::unpack_linear(p, qc.format, base));
-  QF_ASSIGN_OR_RETURN(kernels::W4Weight w4, formats::to_w4_weight(q, base));
-  return std::make_shared<const kernels::W4Weight>(std::move(w4));
+  // Errors of the unpacking name the tensor; prefix the checkpoint directory.
+  auto unpacked = formats::unpack_linear(p, qc.format, base);
+  if (!unpacked) return error("{}: {}", dir, unpacked.message());
+  auto w4 = formats::to_w4_weight(*unpacked, base);
+  if (!w4) return error("{}: {}", dir, w4.message());
+  return std::make_shared<const kernels::W4Weight>(std::move(*w4));
 }
 
 // One tensor slot of a Hugging Face checkpoint: checked (present, shape, dtype), and with load_data read into the

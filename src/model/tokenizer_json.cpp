@@ -11,6 +11,11 @@ using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
 namespace {
+// Largest token id accepted (ids size tables): config.json's vocab_size has the same bound.
+constexpr int64_t kMaxTokenizerVocab = int64_t(1) << 24;
+}  // namespace
+
+namespace {
 
 // Sequences nest; deeper than this is not a real tokenizer and would only exhaust the stack.
 constexpr long kMaxNesting = 32;
@@ -308,6 +313,10 @@ class Parser {
       if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
           it.value().get<int64_t>() > INT32_MAX)
         return fail("model.vocab", fmt::format("token '{}': id is not a non-negative integer", it.key()));
+      // The id table is sized by the largest id: bound it as config.json's vocab_size is (2^24).
+      if (it.value().get<int64_t>() >= kMaxTokenizerVocab)
+        return fail("model.vocab", fmt::format("token '{}': id {} is implausibly large (the limit is {})", it.key(),
+                                               it.value().get<int64_t>(), kMaxTokenizerVocab));
       max_id = std::max(max_id, it.value().get<int64_t>());
     }
     bpe.id_to_token.assign(size_t(max_id + 1), std::string());
