@@ -4,11 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 #include "core/tensor.h"
 #include "quant/quant_config.h"
+#include "quant/rtn.h"
 
 namespace qforge::quant {
 
@@ -33,6 +37,72 @@ struct GptqResult {
   double damp = 0;           // the absolute value added to the diagonal: damp_percent * mean(diag H)
 };
 
+// ---- The ops seam: the driver (gptq_quantize) decides; a backend (CPU, CUDA) does the heavy steps.
+//
+// The driver owns everything that is bookkeeping: checks, dead columns, per-channel and static grids,
+// the act-order permutation, which grid each column uses and when a fresh one is taken, damping and its
+// retries, the loop over lazy blocks, g_idx, the loss sum and the result in original column order.
+// A backend owns the O(in^3) and O(out * in^2) work, on the layer in PROCESSING order (column k of
+// the working matrix is original column perm[k]):
+//   load                    Wp = W[:, perm] with dead columns zeroed; Hp = H[perm, perm] with diag as given
+//   inverse_hessian_factor  U upper with U^T U = (Hp + damp I)^-1
+//   quantize_block          the column sweep of one lazy block (below)
+//   trailing_update         Wp[:, end:] -= Err[:, begin:end] @ U[begin:end, end:]
+//   fetch                   codes, grids and the per-(block, row) losses
+// Calls come in this order: load, inverse_hessian_factor until it succeeds (at most
+// kGptqMaxDampRetries + 1 times), then for each block quantize_block and (except after the last)
+// trailing_update, then fetch once.
+
+// The layer as the driver hands it to a backend. Spans are the driver's and outlive the backend's use.
+struct GptqPlan {
+  const float* W = nullptr;  // [out, in] row-major f32, ORIGINAL column order (host)
+  const float* H = nullptr;  // [in, in] f32 symmetric, original order (host)
+  int64_t out = 0, in = 0;
+  QuantConfig cfg;
+  int64_t n_groups = 0;               // stored groups per row: quant_n_groups(cfg, in)
+  std::span<const int64_t> perm;      // [in] processing position k quantizes original column perm[k]
+  std::span<const double> diag;       // [in] H[i, i] by ORIGINAL column, dead inputs set to 1
+  std::span<const char> dead;         // [in] by original column: input never seen, weight column zeroed
+  std::span<const int32_t> group_of;  // [in] by position: the stored group whose grid column k uses
+  // [in] by position: column k takes a fresh grid, stored at group_of[k], from Wp[r, k : k + group_size)
+  // as it stands at the START of k's block (before the in-block feedback of that block).
+  std::span<const char> grid_start;
+  std::span<const GroupParams> grids;  // [out, n_groups] initial grids (per channel, static groups)
+};
+
+// What a backend gives back after the last block.
+struct GptqSweep {
+  std::vector<uint8_t> codes;      // [out, in] codes in processing order
+  std::vector<GroupParams> grids;  // [out, n_groups]
+  // [n_blocks, out] sum over the block's columns of (w - q)^2 / U[c, c]^2 / 2, each row summed in column
+  // order in double: the driver adds them block by block, row by row (the order the loss is defined in).
+  std::vector<double> block_row_loss;
+};
+
+class GptqOps {
+ public:
+  virtual ~GptqOps() = default;
+  // Which backend, for logs and errors ("cpu", "cuda:0 NVIDIA H100 80GB HBM3").
+  virtual const char* name() const = 0;
+  virtual Status load(const GptqPlan& plan) = 0;
+  // U [in, in] upper, U^T U = (Hp + damp I)^-1. false (not an error) when Hp + damp I, or its
+  // inverse, is not numerically positive definite: the driver retries with more damping.
+  virtual Expected<bool> inverse_hessian_factor(double damp) = 0;
+  // Columns [begin, end) of the working matrix, every row independently, from the block-start state:
+  //   for k in [begin, end): if grid_start[k], grid[r, group_of[k]] = quant_group_params(Wp[r, k:k+gs]);
+  //   then for each k in order: q = quant_code(w1[k]) on grid[r, group_of[k]], d = U[k, k],
+  //   err = (w1[k] - dequant(q)) / d, w1[j] -= err * U[k, j] for j in (k, end), Err[r, k] = err,
+  //   where w1 is the row's block as updated so far. Errors (a grid that overflows fp16) name the
+  //   row and group, without the layer (the driver adds it).
+  virtual Status quantize_block(int64_t begin, int64_t end) = 0;
+  virtual Status trailing_update(int64_t begin, int64_t end) = 0;
+  virtual Status fetch(GptqSweep* dst) = 0;
+};
+
+// The reference backend: f64 LAPACK factorization, f32 sweep and OpenBLAS sgemm, single-threaded
+// except inside BLAS. gptq_quantize without ops uses it.
+std::unique_ptr<GptqOps> make_cpu_gptq_ops();
+
 // W[out, in] row-major f32, H[in, in] f32 (symmetric; e.g. HessianAccumulator::H()).
 // Steps, as the reference:
 //  1. dead inputs (H[i,i] == 0): H[i,i] = 1, W[:, i] = 0.
@@ -51,5 +121,11 @@ struct GptqResult {
 Expected<GptqResult> gptq_quantize(const float* W /*[out, in]*/, int64_t out, int64_t in,
                                    const Tensor& H /*[in, in]*/, const QuantConfig& cfg,
                                    const GptqOptions& opts, std::string_view name);
+
+// The same driver on a given backend (e.g. make_cuda_gptq_ops, quant/cuda/gptq_cuda_ops.h). Backend
+// errors come back prefixed with the layer name.
+Expected<GptqResult> gptq_quantize(const float* W /*[out, in]*/, int64_t out, int64_t in,
+                                   const Tensor& H /*[in, in]*/, const QuantConfig& cfg,
+                                   const GptqOptions& opts, std::string_view name, GptqOps& ops);
 
 }  // namespace qforge::quant
