@@ -26,7 +26,7 @@ namespace qforge::tools {
 namespace {
 
 struct CompareArgs {
-  std::string model, calib, calib_other, data, json_out;
+  std::string model, calib, calib_other, data, json_out, device = "cpu";
   std::vector<int> bits = {4, 3};
   std::vector<std::string> methods = {"rtn", "gptq", "gptq-act", "awq", "awq-gptq"};
   int64_t group_size = 64, ctx = 2048, max_windows = 0, calib_samples = 128, calib_seqlen = 512;
@@ -83,6 +83,8 @@ Expected<Variant> variant(const std::string& m, int bits, const CompareArgs& a) 
   o.awq_search_samples = a.awq_search_samples;
   o.seed = a.seed;
   o.progress = false;
+  // GPTQ's solve (gptq, gptq-act, awq-gptq) on the GPU; every other step, and the other methods, on the CPU.
+  o.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
   if (m == "rtn") o.method = quant::Method::kRtn;
   else if (m == "gptq") o.method = quant::Method::kGptq;
   else if (m == "gptq-act") { o.method = quant::Method::kGptq; o.gptq.act_order = true; o.gptq.static_groups = true; }
@@ -149,6 +151,9 @@ Status run_compare(const CompareArgs& a) {
     for (const char* m : {"rtn-keep1%-act", "rtn-keep1%-weight", "rtn-keep1%-random", "awq-all-alpha1", "awq-noclip"})
       jobs.push_back({m, b, &calib, a.calib});
   }
+  if (a.device == "cuda")
+    fmt::print(stderr, "compare: --device cuda: GPTQ's solve runs on GPU 0 (gptq, gptq-act, awq-gptq); forwards, "
+                       "Hessians, RTN and AWQ on the CPU; peak +MiB counts host memory only\n");
   const auto t_all = std::chrono::steady_clock::now();
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Job& job = jobs[j];
@@ -258,6 +263,7 @@ Status run_compare(const CompareArgs& a) {
     j["windows"] = rows[0].eval.windows;
     j["tokens_scored"] = rows[0].eval.tokens_scored;
     j["group_size"] = a.group_size;
+    if (a.device != "cpu") j["device"] = a.device;
     j["calibration"] = {{"file", a.calib}, {"other_file", a.calib_other}, {"samples", a.calib_samples},
                         {"seqlen", a.calib_seqlen}, {"seed", a.seed}, {"awq_search_samples", a.awq_search_samples}};
     nlohmann::json arr = nlohmann::json::array();
@@ -309,6 +315,8 @@ Command make_compare_command() {
     sub->add_flag("--ablations", args->ablations, "add AWQ's ablations at the lowest bit width");
     sub->add_option("--json", args->json_out, "write the table as JSON");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
+    sub->add_option("--device", args->device, "where GPTQ's solve runs: cpu, or cuda (GPU 0)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
     return sub;
   };
   c.run = [args]() { return exit_code(run_compare(*args)); };

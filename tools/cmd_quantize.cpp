@@ -1,5 +1,8 @@
 // qforge quantize --model M --method rtn|gptq|awq|awq-gptq --bits B --group-size G [--sym] [--act-order]
 //                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] [--format F] --out DIR [--report JSON]
+//                 [--device cpu|cuda]
+// --device cuda runs GPTQ's solve of every linear (gptq, awq-gptq) on GPU 0 through the CUDA GptqOps backend; the
+// forwards, Hessians and AWQ stay on the CPU (docs/gpu-pipeline.md).
 // --format hf (default): a Hugging Face directory of dequantized f32 weights (what the quantizers' tables score);
 // awq / gptq / gptq-v2: a packed 4-bit checkpoint (AutoAWQ GEMM or GPTQ layout, vLLM/transformers load it);
 // gguf: a llama.cpp GGUF file at --out (Q4_0 when symmetric, else Q4_1). Every output is written atomically,
@@ -30,7 +33,7 @@ namespace qforge::tools {
 namespace {
 
 struct QuantizeArgs {
-  std::string model, method = "gptq", out, report, calib, grid, format = "hf", dtype = "f16";
+  std::string model, method = "gptq", out, report, calib, grid, format = "hf", dtype = "f16", device = "cpu";
   int64_t awq_search_samples = 0;
   bool no_awq_clip = false;
   int bits = 4;
@@ -68,6 +71,11 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.quant.grid = grid == "awq" ? quant::QuantGrid::kAwq : quant::QuantGrid::kGptq;
   opt.awq_search_samples = a.awq_search_samples;
   opt.awq_clip = !a.no_awq_clip;
+  opt.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
+  if (opt.device == quant::Device::kCuda && opt.method != quant::Method::kGptq &&
+      opt.method != quant::Method::kAwqGptq)
+    return error("--device cuda: only GPTQ's solve runs on the GPU so far (--method gptq or awq-gptq); "
+                 "--method {} runs on the CPU: use --device cpu", a.method);
 
   // One decoder layer in memory at a time: the loader reads layer l from the mapped input when the pipeline gets
   // to it, and the writers read the quantized layers back from the run state. Sampling calibration from the model
@@ -121,6 +129,9 @@ Status run_quantize(const QuantizeArgs& a) {
                        {"grid", grid}, {"calib", a.calib}, {"calib_samples", a.calib_samples},
                        {"calib_seqlen", a.calib_seqlen}, {"seed", a.seed}, {"awq_search_samples", a.awq_search_samples},
                        {"no_awq_clip", a.no_awq_clip}, {"format", a.format}};
+  // GPU and CPU runs give different (equally good) codes (docs/gpu-pipeline.md), so a run resumes only on the device
+  // it started on. Only GPU runs record it: the state of a CPU run stays as before.
+  if (opt.device != quant::Device::kCpu) fp["device"] = a.device;
   QF_ASSIGN_OR_RETURN(checkpoint::QuantizeState state,
                       checkpoint::QuantizeState::open(a.out + ".partial", fp.dump(2) + "\n", a.resume));
   std::optional<quant::PipelineResume> resume;
@@ -133,8 +144,11 @@ Status run_quantize(const QuantizeArgs& a) {
       for (int l = 0; l < r.next_layer; ++l) m.model->mutable_weights().layers[size_t(l)] = LayerWeights{};
     resume.emplace(std::move(r));
   }
+  bool saved_a_layer = false;
   auto on_layer_done = [&](int l, const quant::PipelineReport& so_far, const Tensor& next) {
-    return state.save_layer(*m.model, packed ? &qlin : nullptr, l, so_far, next);
+    QF_RETURN_IF_ERROR(state.save_layer(*m.model, packed ? &qlin : nullptr, l, so_far, next));
+    saved_a_layer = true;
+    return Status::ok();
   };
   // Once a layer is saved, neither it nor its codes stay in memory.
   LayerStream pipeline_layers;
@@ -147,9 +161,16 @@ Status run_quantize(const QuantizeArgs& a) {
       qlin.layers[size_t(l)].resize(kLlamaLinears.size());
     }
   };
-  QF_ASSIGN_OR_RETURN(quant::PipelineReport rep,
-                      quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr,
-                                            resume ? &*resume : nullptr, on_layer_done, &pipeline_layers));
+  Expected<quant::PipelineReport> run = quant::quantize_model(*m.model, calib, opt, packed ? &qlin : nullptr,
+                                                              resume ? &*resume : nullptr, on_layer_done,
+                                                              &pipeline_layers);
+  if (!run) {
+    // Nothing is written at --out. A run that fails before its first layer is saved (no usable GPU, say) leaves
+    // no state either; one that fails later keeps its finished layers in OUT.partial/ for --resume.
+    if (!a.resume && !saved_a_layer) state.remove();
+    return run.status();
+  }
+  const quant::PipelineReport rep = std::move(*run);
   // The writers read the quantized layers back from the run state, one at a time.
   const LayerStream saved_layers = state.layer_stream(*m.model, packed ? &qlin : nullptr);
 
@@ -165,6 +186,7 @@ Status run_quantize(const QuantizeArgs& a) {
   j["grid"] = grid;
   j["calibration"] = {{"file", a.calib}, {"samples", a.calib_samples}, {"seqlen", a.calib_seqlen}, {"seed", a.seed},
                       {"tokens", rep.calibration_tokens}};
+  if (opt.device != quant::Device::kCpu) j["device"] = a.device;  // CPU reports stay byte for byte as before
   j["seconds"] = rep.seconds;
   j["peak_rss_mb"] = double(peak_rss_kb()) / 1024.0;
   nlohmann::json lin = nlohmann::json::array();
@@ -222,8 +244,9 @@ Status run_quantize(const QuantizeArgs& a) {
   // Summary: the largest output errors.
   auto sorted = rep.linears;
   std::sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.output_error > y.output_error; });
-  fmt::print("{} {}-bit g{}{}: {} linears in {:.1f}s, peak RSS {:.0f} MiB -> {}\n", a.method, a.bits, a.group_size,
-             a.act_order ? " act-order" : "", rep.linears.size(), rep.seconds, double(peak_rss_kb()) / 1024.0, a.out);
+  fmt::print("{} {}-bit g{}{}{}: {} linears in {:.1f}s, peak RSS {:.0f} MiB -> {}\n", a.method, a.bits, a.group_size,
+             a.act_order ? " act-order" : "", opt.device == quant::Device::kCuda ? " (GPTQ on cuda)" : "",
+             rep.linears.size(), rep.seconds, double(peak_rss_kb()) / 1024.0, a.out);
   if (!rep.awq_groups.empty()) {
     fmt::print("AWQ scales (alpha, block error before -> after, largest scales as channel:scale):\n");
     for (const auto& g : rep.awq_groups) {
@@ -282,6 +305,10 @@ Command make_quantize_command() {
     sub->add_option("--report", args->report, "also write the per-linear report JSON here");
     sub->add_flag("--resume", args->resume, "continue an interrupted run from its state in OUT.partial/");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
+    sub->add_option("--device", args->device,
+                    "where GPTQ's solve runs (gptq, awq-gptq): cpu, or cuda (GPU 0; forwards and Hessians stay "
+                    "on the CPU)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
     return sub;
   };
   c.run = [args]() { return exit_code(run_quantize(*args)); };

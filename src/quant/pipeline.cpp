@@ -10,6 +10,7 @@
 #include "core/progress.h"
 #include "model/layer_spec.h"
 #include "ops/ops.h"
+#include "quant/cuda/gptq_cuda_ops.h"
 #include "quant/hessian.h"
 #include "quant/rtn.h"
 
@@ -78,6 +79,7 @@ struct Ctx {
   Tensor& x;  // [N*L, H] inputs of the current layer
   int64_t N, L;
   QuantizedLinears* quantized;  // null: not kept
+  GptqOps* gptq_ops;            // the GPTQ backend (Device::kCuda); null: the CPU reference backend
 };
 
 // Keeps the quantized form of linear `s` of layer l when the caller asked for it.
@@ -180,7 +182,11 @@ Status gptq_layer(Ctx& c, int l) {
       const auto ts = Clock::now();
       Tensor& W = lw.*s.weight;
       LinearReport r{linear_name(l, s), l, W.shape()[0], W.shape()[1]};
-      QF_ASSIGN_OR_RETURN(GptqResult g, gptq_quantize(W.f32(), r.out, r.in, hess.H(), c.opt.quant, c.opt.gptq, r.name));
+      // One driver either way; errors from the CUDA backend come back prefixed with the linear's name.
+      QF_ASSIGN_OR_RETURN(GptqResult g,
+                          c.gptq_ops ? gptq_quantize(W.f32(), r.out, r.in, hess.H(), c.opt.quant, c.opt.gptq, r.name,
+                                                     *c.gptq_ops)
+                                     : gptq_quantize(W.f32(), r.out, r.in, hess.H(), c.opt.quant, c.opt.gptq, r.name));
       Tensor Q = g.q.dequantize();
       fill_errors(W.f32(), Q, &hess.H(), r);
       r.gptq_loss = g.loss;
@@ -425,6 +431,15 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
       }
   }
   rep.calibration_tokens = needs_calib ? N * L : 0;
+  // The GPTQ backend, once per run and before any layer is touched: no GPU (or no CUDA in this build) fails
+  // here, naming the first linear it was wanted for, with nothing quantized or handed to on_layer_done.
+  std::unique_ptr<GptqOps> gptq_ops;
+  const bool runs_gptq = opt.method == Method::kGptq || opt.method == Method::kAwqGptq;
+  if (runs_gptq && opt.device == Device::kCuda && first < int(cfg.num_hidden_layers)) {
+    Expected<std::unique_ptr<GptqOps>> ops = make_cuda_gptq_ops(opt.cuda_device);
+    if (!ops) return ops.status().with_context(linear_name(first, kLlamaLinears[0]));
+    gptq_ops = std::move(*ops);
+  }
   if (quantized) {
     if (opt.keep_fp_fraction > 0)
       return error("the keep-fp ablation leaves weights off the quantization grid; they cannot be kept as codes");
@@ -435,7 +450,7 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     }
     for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
   }
-  Ctx c{model, opt, rep, x, N, L, quantized};
+  Ctx c{model, opt, rep, x, N, L, quantized, gptq_ops.get()};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {

@@ -29,8 +29,21 @@ const char* method_name(Method m);
 enum class SalientBy { kActivation, kWeight, kRandom };
 const char* salient_by_name(SalientBy b);
 
+// Where GPTQ's solve of each linear (the inverse-Hessian factorization, the column sweep and the lazy-block
+// updates, quant/gptq.h GptqOps) runs. Only that step moves: the decoder-layer forwards that capture the
+// calibration inputs, the Hessians, AWQ and RTN stay on the CPU. The two devices solve the first Hessians to
+// the same codes up to the summation order of the trailing update; later Hessians see the (then different)
+// quantized outputs of earlier linears, so the end results are two equally good GPTQ solutions, not the same
+// codes (docs/gpu-pipeline.md measures it).
+enum class Device { kCpu, kCuda };
+
 struct PipelineOptions {
   Method method = Method::kGptq;
+  // kCuda: GPTQ (for kGptq and kAwqGptq) through the CUDA backend on GPU `cuda_device`, created once per run
+  // before any layer is touched; a build without CUDA or a machine without a usable GPU is an error that
+  // names the first linear it would have served. RTN and AWQ ignore it.
+  Device device = Device::kCpu;
+  int cuda_device = 0;
   QuantConfig quant;
   GptqOptions gptq;
   AwqOptions awq;

@@ -1,0 +1,74 @@
+// `qforge quantize --device cuda` where GPTQ cannot run on a GPU (a build without CUDA, or no usable GPU): a
+// clear error naming the layer, and nothing at --out (nor a state directory: no layer was finished).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "quant/cuda/gptq_cuda_ops.h"
+#include "test_util.h"
+
+namespace qforge {
+namespace {
+
+struct RunResult {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+RunResult run_qforge(const std::string& args) {
+  const std::string cmd = std::string(QFORGE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  RunResult r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TEST(CliDevice, QuantizeOnCudaWithoutAGpuFailsNamingTheLayerAndWritesNothing) {
+  if (quant::cuda_gptq_compiled() && quant::make_cuda_gptq_ops(0).has_value())
+    GTEST_SKIP() << "a usable GPU is present: the no-GPU error path is not exercised here";
+  const std::string model = testing::default_model_path();
+  QF_REQUIRE_MODEL(model);
+  testing::TempDir d;
+  for (const char* method : {"gptq", "awq-gptq"})
+    for (const char* format : {"hf", "gptq"}) {
+      const std::string out = d.file(std::string("out-") + method + "-" + format);
+      auto r = run_qforge("quantize --model " + model + " --method " + method + " --group-size 64 --calib " +
+                          testing::data_dir() + "/brown-corpus.txt --calib-samples 2 --calib-seqlen 16 --format " +
+                          format + " --device cuda --out " + out);
+      EXPECT_EQ(r.code, 1) << r.output;
+      EXPECT_NE(r.output.find("model.layers.0.self_attn.q_proj: GPTQ on CUDA"), std::string::npos) << r.output;
+      EXPECT_NE(r.output.find(quant::cuda_gptq_compiled() ? "no usable CUDA device" : "this build has no CUDA"),
+                std::string::npos)
+          << r.output;
+      EXPECT_FALSE(std::filesystem::exists(out)) << out;
+      EXPECT_FALSE(std::filesystem::exists(out + ".partial")) << out << ".partial";
+    }
+}
+
+TEST(CliDevice, QuantizeOnCudaRefusesMethodsWithoutAGpuStep) {
+  // RTN and AWQ have no GPU backend yet: refused up front rather than silently run on the CPU.
+  testing::TempDir d;
+  const std::string existing = QFORGE_BINARY;  // the check comes before the model is read
+  for (const char* method : {"rtn", "awq"}) {
+    auto r = run_qforge(std::string("quantize --model ") + existing + " --method " + method + " --device cuda --out " +
+                        d.file("out"));
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find("--device cuda"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(std::string("--method ") + method), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(d.file("out")));
+  }
+  auto bad = run_qforge(std::string("quantize --model ") + existing + " --device tpu --out " + d.file("out"));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("tpu"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace qforge
