@@ -92,43 +92,6 @@ Status check_linear(const quant::QuantizedLinear& q, const std::string& name, in
   return Status::ok();
 }
 
-// Drives a LayerStream from the writer's fill callbacks, which run one tensor at a time in file order
-// (token_embd, blk.0, ..., blk.n-1, output_norm, output, rope_freqs): entering a tensor of layer l releases
-// the layer loaded before it and loads l; entering a tensor outside the layers (-1) only releases.
-// (hf_export.cpp has the same cursor.)
-class LayerCursor {
- public:
-  explicit LayerCursor(const LayerStream* stream) : stream_(stream) {}
-  LayerCursor(const LayerCursor&) = delete;
-  LayerCursor& operator=(const LayerCursor&) = delete;
-  ~LayerCursor() { release(); }
-
-  Status enter(int layer) {
-    if (!stream_ || layer == loaded_) return Status::ok();
-    release();
-    if (layer < 0) return Status::ok();
-    if (layer <= last_)
-      return error(
-          "model.layers.{} needed again after model.layers.{}: layers stream once, in increasing order",
-          layer, last_);
-    last_ = layer;
-    QF_RETURN_IF_ERROR(stream_->load(layer).with_context(fmt::format("loading model.layers.{}", layer)));
-    loaded_ = layer;
-    return Status::ok();
-  }
-  void release() {
-    if (loaded_ < 0) return;
-    const int l = loaded_;
-    loaded_ = -1;
-    stream_->release(l);
-  }
-
- private:
-  const LayerStream* stream_;
-  int loaded_ = -1;  // the layer loaded now, -1 for none
-  int last_ = -1;    // the last layer loaded
-};
-
 // Encodes a checked quantized linear as Q4 rows into out[out_features * row bytes], rows in GGUF order.
 Status encode_linear(const quant::QuantizedLinear& q, GgmlType type, int64_t rope_heads,
                      const std::string& hf_name, std::span<uint8_t> out) {

@@ -29,43 +29,6 @@ const char* torch_dtype_name(DType t) {
   }
 }
 
-// Drives a LayerStream from the writer's fill callbacks, which run one tensor at a time in the order the
-// tensors were added (embedding, layer 0, ..., layer n-1, final norm, lm_head): entering a tensor of layer l
-// releases the layer loaded before it and loads l; entering a tensor outside the layers (-1) only releases.
-// (gguf_export.cpp has the same cursor.)
-class LayerCursor {
- public:
-  explicit LayerCursor(const LayerStream* stream) : stream_(stream) {}
-  LayerCursor(const LayerCursor&) = delete;
-  LayerCursor& operator=(const LayerCursor&) = delete;
-  ~LayerCursor() { release(); }
-
-  Status enter(int layer) {
-    if (!stream_ || layer == loaded_) return Status::ok();
-    release();
-    if (layer < 0) return Status::ok();
-    if (layer <= last_)
-      return error(
-          "model.layers.{} needed again after model.layers.{}: layers stream once, in increasing order",
-          layer, last_);
-    last_ = layer;
-    QF_RETURN_IF_ERROR(stream_->load(layer).with_context(fmt::format("loading model.layers.{}", layer)));
-    loaded_ = layer;
-    return Status::ok();
-  }
-  void release() {
-    if (loaded_ < 0) return;
-    const int l = loaded_;
-    loaded_ = -1;
-    stream_->release(l);
-  }
-
- private:
-  const LayerStream* stream_;
-  int loaded_ = -1;  // the layer loaded now, -1 for none
-  int last_ = -1;    // the last layer loaded
-};
-
 // The packed tensors of one linear [out, in] as the header lists them (shapes per format in quant_pack.h).
 struct PackedPart {
   const char* suffix;  // ".qweight", ".qzeros", ".scales", ".g_idx"
