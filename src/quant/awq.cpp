@@ -18,26 +18,6 @@ constexpr double kAwqMinScale = 1e-4;
 constexpr double kDuoDenomEps = 1e-4;
 constexpr double kDuoAmaxEps = 1e-6;
 
-// dst = Q(W * s) / s for W [rows, C] with QuantConfig's groups; float arithmetic as the references
-// (one multiply, the quantizer, one divide).
-Status fake_quantize_scaled(const float* W /*[rows, C]*/, int64_t rows, int64_t C, const float* s /*[C]*/,
-                            const QuantConfig& cfg, float* dst /*[rows, C]*/, std::vector<float>& row) {
-  const int64_t gs = C / quant_n_groups(cfg, C);
-  const int maxq = quant_maxq(cfg.bits);
-  row.resize(size_t(C));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* w = W + r * C;
-    for (int64_t c = 0; c < C; ++c) row[size_t(c)] = w[c] * s[c];
-    for (int64_t g0 = 0; g0 < C; g0 += gs) {
-      auto p = quant_group_params(row.data() + g0, gs, cfg);
-      if (!p) return error("row {} group {}: {}", r, g0 / gs, p.message());
-      for (int64_t c = g0; c < g0 + gs; ++c)
-        dst[r * C + c] = quant_dequant(quant_code(row[size_t(c)], *p, maxq), *p) / s[c];
-    }
-  }
-  return Status::ok();
-}
-
 // AutoAWQ's w_mean [C]: the mean over all rows of the group's weights of |W| / (amax of its quant group).
 std::vector<double> duo_w_mean(std::span<const float* const> weights, std::span<const int64_t> outs,
                                int64_t C, const QuantConfig& cfg) {
@@ -88,6 +68,26 @@ std::vector<float> awq_scales_for_alpha(const float* x_mean_abs, int64_t C, doub
   return scales_for_alpha(x_mean_abs, C, alpha, nullptr);
 }
 
+// dst = Q(W * s) / s for W [rows, C] with QuantConfig's groups; float arithmetic as the references
+// (one multiply, the quantizer, one divide).
+Status awq_fake_quantize_scaled(const float* W /*[rows, C]*/, int64_t rows, int64_t C, const float* s /*[C]*/,
+                            const QuantConfig& cfg, float* dst /*[rows, C]*/, std::vector<float>& row) {
+  const int64_t gs = C / quant_n_groups(cfg, C);
+  const int maxq = quant_maxq(cfg.bits);
+  row.resize(size_t(C));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* w = W + r * C;
+    for (int64_t c = 0; c < C; ++c) row[size_t(c)] = w[c] * s[c];
+    for (int64_t g0 = 0; g0 < C; g0 += gs) {
+      auto p = quant_group_params(row.data() + g0, gs, cfg);
+      if (!p) return error("row {} group {}: {}", r, g0 / gs, p.message());
+      for (int64_t c = g0; c < g0 + gs; ++c)
+        dst[r * C + c] = quant_dequant(quant_code(row[size_t(c)], *p, maxq), *p) / s[c];
+    }
+  }
+  return Status::ok();
+}
+
 
 std::vector<std::pair<int64_t, float>> ScaleResult::top_scales(size_t k) const {
   std::vector<std::pair<int64_t, float>> v;
@@ -116,16 +116,90 @@ Expected<std::vector<float>> awq_mean_abs(const float* x, int64_t T, int64_t C, 
   return mean;
 }
 
+namespace {
+
+// The CPU scorer: fake quantization on the host, the caller's block forward, the error in double.
+class BlockForwardSearchOps final : public AwqSearchOps {
+ public:
+  BlockForwardSearchOps(std::span<const float* const> weights, std::span<const int64_t> outs, int64_t C,
+                        const QuantConfig& cfg, BlockForward forward, std::string_view name)
+      : weights_(weights), outs_(outs), C_(C), cfg_(cfg), forward_(std::move(forward)), name_(name) {
+    wq_.resize(weights.size());
+    wq_ptr_.resize(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) {
+      wq_[i].resize(size_t(outs[i] * C));
+      wq_ptr_[i] = wq_[i].data();
+    }
+  }
+
+  Status reference() override {
+    QF_RETURN_IF_ERROR(forward_(weights_, y0_).with_context(std::string(name_) + ": block forward"));
+    QF_RETURN_IF_ERROR(check_finite(y0_.f32(), 1, y0_.numel(), name_, "block output"));
+    if (y0_.numel() == 0) return error("{}: block forward returned an empty output", name_);
+    return Status::ok();
+  }
+
+  Expected<double> candidate_error(std::span<const float> s, double alpha) override {
+    for (size_t i = 0; i < weights_.size(); ++i) {
+      Status st = awq_fake_quantize_scaled(weights_[i], outs_[i], C_, s.data(), cfg_, wq_[i].data(), row_);
+      if (!st) return error("{}: linear {} at alpha {}: {}", name_, i, alpha, st.message());
+    }
+    QF_RETURN_IF_ERROR(
+        forward_(wq_ptr_, y_).with_context(fmt::format("{}: block forward at alpha {}", name_, alpha)));
+    if (y_.numel() != y0_.numel())
+      return error("{}: block forward returned {} values at alpha {} but {} for the original weights", name_,
+                   y_.numel(), alpha, y0_.numel());
+    QF_RETURN_IF_ERROR(
+        check_finite(y_.f32(), 1, y_.numel(), name_, fmt::format("block output at alpha {}", alpha)));
+    double acc = 0;
+    const float* a = y0_.f32();
+    const float* b = y_.f32();
+    for (int64_t k = 0; k < y_.numel(); ++k) {
+      const double d = double(a[k]) - double(b[k]);
+      acc += d * d;
+    }
+    return acc / double(y_.numel());
+  }
+
+ private:
+  std::span<const float* const> weights_;
+  std::span<const int64_t> outs_;
+  int64_t C_;
+  QuantConfig cfg_;
+  BlockForward forward_;
+  std::string name_;
+  std::vector<std::vector<float>> wq_;  // the fake-quantized weights, one buffer per linear, reused
+  std::vector<const float*> wq_ptr_;
+  std::vector<float> row_;
+  Tensor y0_, y_;
+};
+
+}  // namespace
+
 Expected<ScaleResult> awq_search_scales(const float* x_mean, int64_t C, std::span<const float* const> weights,
                                         std::span<const int64_t> outs, const QuantConfig& cfg,
                                         const AwqOptions& opt, const BlockForward& forward,
                                         std::string_view name) {
+  if (!forward) return error("{}: AWQ scale search needs a block forward", name);
+  BlockForwardSearchOps ops(weights, outs, C, cfg, forward, name);
+  return awq_search_scales(x_mean, C, weights, outs, cfg, opt, ops, name);
+}
+
+std::unique_ptr<AwqSearchOps> make_block_forward_search_ops(std::span<const float* const> weights,
+                                                            std::span<const int64_t> outs, int64_t C,
+                                                            const QuantConfig& cfg, BlockForward forward,
+                                                            std::string_view name) {
+  return std::make_unique<BlockForwardSearchOps>(weights, outs, C, cfg, std::move(forward), name);
+}
+
+Expected<ScaleResult> awq_search_scales(const float* x_mean, int64_t C, std::span<const float* const> weights,
+                                        std::span<const int64_t> outs, const QuantConfig& cfg,
+                                        const AwqOptions& opt, AwqSearchOps& ops, std::string_view name) {
   QF_RETURN_IF_ERROR(validate_quant_config(cfg, C, name));
   if (weights.empty()) return error("{}: AWQ scale search needs at least one linear", name);
   if (weights.size() != outs.size())
     return error("{}: {} weight matrices but {} output sizes", name, weights.size(), outs.size());
   if (opt.n_grid < 1) return error("{}: AWQ n_grid {} must be at least 1", name, opt.n_grid);
-  if (!forward) return error("{}: AWQ scale search needs a block forward", name);
   for (int64_t c = 0; c < C; ++c)
     if (!std::isfinite(x_mean[c]) || x_mean[c] < 0)
       return error("{}: x_mean[{}] is {}; need a finite mean |x| >= 0", name, c, x_mean[c]);
@@ -136,40 +210,12 @@ Expected<ScaleResult> awq_search_scales(const float* x_mean, int64_t C, std::spa
     QF_RETURN_IF_ERROR(check_finite(weights[i], outs[i], C, name, fmt::format("weight {}", i)));
   }
 
-  Tensor y0;
-  QF_RETURN_IF_ERROR(forward(weights, y0).with_context(std::string(name) + ": block forward"));
-  QF_RETURN_IF_ERROR(check_finite(y0.f32(), 1, y0.numel(), name, "block output"));
-  if (y0.numel() == 0) return error("{}: block forward returned an empty output", name);
-
-  // Scratch: the fake-quantized weights, one buffer per linear, reused for every alpha.
-  std::vector<std::vector<float>> wq(weights.size());
-  std::vector<const float*> wq_ptr(weights.size());
-  for (size_t i = 0; i < weights.size(); ++i) {
-    wq[i].resize(size_t(outs[i] * C));
-    wq_ptr[i] = wq[i].data();
-  }
-  std::vector<float> row;
-  Tensor y;
+  QF_RETURN_IF_ERROR(ops.reference());
+  // A backend that checks less than the CPU's (a device reduction) still cannot hand back a NaN error.
   auto block_error = [&](const std::vector<float>& s, double alpha) -> Expected<double> {
-    for (size_t i = 0; i < weights.size(); ++i) {
-      Status st = fake_quantize_scaled(weights[i], outs[i], C, s.data(), cfg, wq[i].data(), row);
-      if (!st) return error("{}: linear {} at alpha {}: {}", name, i, alpha, st.message());
-    }
-    QF_RETURN_IF_ERROR(
-        forward(wq_ptr, y).with_context(fmt::format("{}: block forward at alpha {}", name, alpha)));
-    if (y.numel() != y0.numel())
-      return error("{}: block forward returned {} values at alpha {} but {} for the original weights", name,
-                   y.numel(), alpha, y0.numel());
-    QF_RETURN_IF_ERROR(
-        check_finite(y.f32(), 1, y.numel(), name, fmt::format("block output at alpha {}", alpha)));
-    double acc = 0;
-    const float* a = y0.f32();
-    const float* b = y.f32();
-    for (int64_t k = 0; k < y.numel(); ++k) {
-      const double d = double(a[k]) - double(b[k]);
-      acc += d * d;
-    }
-    return acc / double(y.numel());
+    QF_ASSIGN_OR_RETURN(const double err, ops.candidate_error(s, alpha));
+    if (!std::isfinite(err)) return error("{}: block error at alpha {} is {}", name, alpha, err);
+    return err;
   };
 
   std::vector<double> w_mean;

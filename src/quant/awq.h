@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -60,6 +61,12 @@ struct ScaleResult {
 // normalised so that max(s) * min(s) = 1. For ablations that fix alpha instead of searching it.
 std::vector<float> awq_scales_for_alpha(const float* x_mean_abs /*[C]*/, int64_t C, double alpha);
 
+// dst = Q(W * s) / s for W [rows, C] with QuantConfig's groups (the weights a scale candidate is scored
+// with); float arithmetic as the references: one multiply, the quantizer, one divide. `row` is scratch.
+// A grid that overflows is an error naming the row and group.
+Status awq_fake_quantize_scaled(const float* W /*[rows, C]*/, int64_t rows, int64_t C, const float* s /*[C]*/,
+                                const QuantConfig& cfg, float* dst /*[rows, C]*/, std::vector<float>& row);
+
 using BlockForward = std::function<Status(std::span<const float* const> weights, Tensor& out)>;
 
 // x_mean[c] = mean over the T tokens of |x[t, c]|, accumulated in double. T >= 1. A NaN/Inf in x is an
@@ -79,6 +86,33 @@ Expected<ScaleResult> awq_search_scales(const float* x_mean_abs /*[C]*/, int64_t
                                         std::span<const int64_t> outs, const QuantConfig& cfg,
                                         const AwqOptions& opt, const BlockForward& forward,
                                         std::string_view name);
+
+// The heavy half of the scale search, so that it can run where the calibration activations live (the CPU
+// scorer behind the BlockForward overload above; the CUDA one in quant/cuda/): awq_search_scales decides the
+// candidates and keeps the result; the ops score them.
+class AwqSearchOps {
+ public:
+  virtual ~AwqSearchOps() = default;
+  // Runs the block with the group's own weights and keeps its output as the reference. Called once, first.
+  virtual Status reference() = 0;
+  // The block error of one candidate: mean over all outputs of (reference - block(W'))^2 in double, where
+  // every linear of the group becomes W' = awq_fake_quantize_scaled(W, s). Errors name the group and alpha.
+  virtual Expected<double> candidate_error(std::span<const float> s /*[C]*/, double alpha) = 0;
+};
+
+// The CPU scorer the BlockForward overload uses: host fake quantization, `forward`, the error in double.
+// `weights` and `outs` must outlive it.
+std::unique_ptr<AwqSearchOps> make_block_forward_search_ops(std::span<const float* const> weights,
+                                                            std::span<const int64_t> outs, int64_t C,
+                                                            const QuantConfig& cfg, BlockForward forward,
+                                                            std::string_view name);
+
+// The same search with the scoring done by `ops` (the weights are still read, for the checks and for
+// duo_scaling's w_mean). A non-finite error from the ops is an error naming the group and alpha.
+Expected<ScaleResult> awq_search_scales(const float* x_mean_abs /*[C]*/, int64_t C,
+                                        std::span<const float* const> weights /*each [outs[i], C]*/,
+                                        std::span<const int64_t> outs, const QuantConfig& cfg,
+                                        const AwqOptions& opt, AwqSearchOps& ops, std::string_view name);
 
 // The AWQ clip search for one linear W [out, C] fed by x [T, C] (the input AFTER the scales were applied,
 // i.e. divided by s). Per (row, quant group): amax = max |W_group|; for i in 0..int(max_shrink * n_grid)-1,

@@ -23,6 +23,8 @@ class HessianAccumulator {
   Status add(const float* x /*[T, in]*/, int64_t T);
 
   const Tensor& H() const { return H_; }  // [in, in] f32, symmetric (both triangles filled)
+  // Hands H over (the accumulator is empty afterwards: no further add).
+  Tensor take_H() && { return std::move(H_); }
   int64_t samples() const { return n_; }
   int64_t in() const { return in_; }
 

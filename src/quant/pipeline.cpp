@@ -12,6 +12,7 @@
 #include "ops/ops.h"
 #include "quant/cuda/gptq_cuda_ops.h"
 #include "quant/hessian.h"
+#include "quant/layer_ops.h"
 #include "quant/rtn.h"
 
 namespace qforge::quant {
@@ -45,68 +46,26 @@ std::string linear_name(int layer, const LinearSpec& s) { return layer_prefix(la
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Mean of (w - q)^2 and, with H, tr((W-Q) H (W-Q)^T)/2.
-void fill_errors(const float* W, const Tensor& Q, const Tensor* H, LinearReport& r) {
-  const int64_t out = r.out, in = r.in;
-  double se = 0;
-  std::vector<float> diff(static_cast<size_t>(out * in));
-  for (int64_t i = 0; i < out * in; ++i) {
-    diff[size_t(i)] = W[i] - Q.f32()[i];
-    se += double(diff[size_t(i)]) * diff[size_t(i)];
-  }
-  r.weight_mse = se / double(out * in);
-  if (!H) return;
-  // D H with one sgemm, then the row-wise dot products with D.
-  std::vector<float> dh(static_cast<size_t>(out * in));
-  ops::linear(diff.data(), out, in, in, H->f32(), in, nullptr, dh.data(), in);  // H symmetric
-  double tr = 0;
-  for (int64_t i = 0; i < out * in; ++i) tr += double(dh[size_t(i)]) * diff[size_t(i)];
-  r.output_error = tr / 2.0;
-}
-
-int64_t slot_width(const ModelConfig& c, LinearInput slot) {
-  switch (slot) {
-    case LinearInput::kO: return c.q_dim();
-    case LinearInput::kDown: return c.intermediate_size;
-    default: return c.hidden_size;
-  }
-}
-
 struct Ctx {
   LlamaModel& model;
   const PipelineOptions& opt;
   PipelineReport& rep;
-  Tensor& x;  // [N*L, H] inputs of the current layer
+  LayerOps& ops;  // holds the [N*L, H] inputs of the current layer
   int64_t N, L;
   QuantizedLinears* quantized;  // null: not kept
   GptqOps* gptq_ops;            // the GPTQ backend (Device::kCuda); null: the CPU reference backend
 };
 
+// The report's error statistics of W against its quantized values Q (with H: the output error too).
+Status fill_errors(Ctx& c, const float* W, const Tensor& Q, const Tensor* H, LinearReport& r) {
+  return c.ops.linear_errors(W, Q, H, &r.weight_mse, H ? &r.output_error : nullptr)
+      .with_context(r.name);
+}
+
 // Keeps the quantized form of linear `s` of layer l when the caller asked for it.
 void keep_quantized(Ctx& c, int l, const LinearSpec& s, QuantizedLinear&& q) {
   if (!c.quantized) return;
   c.quantized->layers[size_t(l)][size_t(&s - kLlamaLinears.data())] = std::move(q);
-}
-
-// Runs decoder layer l on a copy of every window, calling `hook`; x is not changed. With `stop_after`
-// each window's forward ends once that input has been seen.
-Status capture(Ctx& c, int l, const LinearInputHook& hook, std::optional<LinearInput> stop_after = std::nullopt) {
-  const ModelConfig& cfg = c.model.config();
-  const int64_t H = cfg.hidden_size;
-  Tensor scratch(DType::kF32, {c.L, H}), k(DType::kF32, {c.L, cfg.kv_dim()}), v(DType::kF32, {c.L, cfg.kv_dim()});
-  for (int64_t s = 0; s < c.N; ++s) {
-    std::copy(c.x.f32() + s * c.L * H, c.x.f32() + (s + 1) * c.L * H, scratch.f32());
-    c.model.decoder_layer(l, scratch.f32(), c.L, 0, k.f32(), v.f32(), hook, stop_after);
-  }
-  return Status::ok();
-}
-
-// x <- layer(x) for every window (with the layer's current weights).
-void advance(Ctx& c, int l) {
-  const ModelConfig& cfg = c.model.config();
-  Tensor k(DType::kF32, {c.L, cfg.kv_dim()}), v(DType::kF32, {c.L, cfg.kv_dim()});
-  for (int64_t s = 0; s < c.N; ++s)
-    c.model.decoder_layer(l, c.x.f32() + s * c.L * cfg.hidden_size, c.L, 0, k.f32(), v.f32(), nullptr);
 }
 
 // Indices of the k most salient input channels of W[out, in] (ablation): by mean |x| of the captured
@@ -134,15 +93,14 @@ std::vector<int64_t> salient_channels(const Tensor& W, const std::vector<double>
 
 Status rtn_layer(Ctx& c, int l) {
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
-  const ModelConfig& cfg = c.model.config();
   const bool keep = c.opt.keep_fp_fraction > 0;
   std::vector<double> act_mean[4];
   if (keep && c.opt.keep_fp_by == SalientBy::kActivation) {
-    for (LinearInput slot : kLlamaInputOrder) act_mean[int(slot)].assign(size_t(slot_width(cfg, slot)), 0.0);
-    QF_RETURN_IF_ERROR(capture(c, l, [&](int, LinearInput sl, const float* xin, int64_t T, int64_t in) {
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t i = 0; i < in; ++i) act_mean[int(sl)][size_t(i)] += std::fabs(xin[t * in + i]);
-    }));
+    SlotMeans means;
+    QF_RETURN_IF_ERROR(c.ops.awq_capture(l, layer_prefix(l), &means));
+    c.ops.awq_release();
+    for (LinearInput slot : kLlamaInputOrder)
+      act_mean[int(slot)].assign(means[size_t(slot)].begin(), means[size_t(slot)].end());
   }
   for (const LinearSpec& s : kLlamaLinears) {
     const auto ts = Clock::now();
@@ -156,27 +114,22 @@ Status rtn_layer(Ctx& c, int l) {
       for (int64_t ch : salient_channels(W, &act_mean[int(s.input)], c.opt.keep_fp_by, k, seed))
         for (int64_t o = 0; o < r.out; ++o) Q.f32()[o * r.in + ch] = W.f32()[o * r.in + ch];
     }
-    fill_errors(W.f32(), Q, nullptr, r);
+    QF_RETURN_IF_ERROR(fill_errors(c, W.f32(), Q, nullptr, r));
     W = std::move(Q);
     keep_quantized(c, l, s, std::move(q));
     r.seconds = seconds_since(ts);
     c.rep.linears.push_back(std::move(r));
   }
-  return Status::ok();
+  return c.ops.load_layer(l);
 }
 
 // True-sequential GPTQ: one capture pass per input slot, each after the previous slot's linears were
 // replaced by their quantized values.
 Status gptq_layer(Ctx& c, int l) {
-  const ModelConfig& cfg = c.model.config();
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
   for (LinearInput slot : kLlamaInputOrder) {
-    HessianAccumulator hess(slot_width(cfg, slot), layer_prefix(l) + linear_input_name(slot));
-    Status hs;
-    QF_RETURN_IF_ERROR(capture(c, l, [&](int, LinearInput sl, const float* xin, int64_t T, int64_t) {
-      if (sl == slot && hs.is_ok()) hs = hess.add(xin, T);
-    }, slot));
-    QF_RETURN_IF_ERROR(hs);
+    Tensor H;
+    QF_RETURN_IF_ERROR(c.ops.hessian(l, slot, layer_prefix(l) + linear_input_name(slot), &H));
     for (const LinearSpec& s : kLlamaLinears) {
       if (s.input != slot) continue;
       const auto ts = Clock::now();
@@ -184,11 +137,11 @@ Status gptq_layer(Ctx& c, int l) {
       LinearReport r{linear_name(l, s), l, W.shape()[0], W.shape()[1]};
       // One driver either way; errors from the CUDA backend come back prefixed with the linear's name.
       QF_ASSIGN_OR_RETURN(GptqResult g,
-                          c.gptq_ops ? gptq_quantize(W.f32(), r.out, r.in, hess.H(), c.opt.quant, c.opt.gptq, r.name,
+                          c.gptq_ops ? gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, c.opt.gptq, r.name,
                                                      *c.gptq_ops)
-                                     : gptq_quantize(W.f32(), r.out, r.in, hess.H(), c.opt.quant, c.opt.gptq, r.name));
+                                     : gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, c.opt.gptq, r.name));
       Tensor Q = g.q.dequantize();
-      fill_errors(W.f32(), Q, &hess.H(), r);
+      QF_RETURN_IF_ERROR(fill_errors(c, W.f32(), Q, &H, r));
       r.gptq_loss = g.loss;
       r.damp_percent = g.damp_percent;
       r.dead_columns = g.dead_columns;
@@ -197,6 +150,8 @@ Status gptq_layer(Ctx& c, int l) {
       r.seconds = seconds_since(ts);
       c.rep.linears.push_back(std::move(r));
     }
+    // The next slot's inputs (and the advance) see this slot's linears quantized.
+    QF_RETURN_IF_ERROR(c.ops.load_layer(l));
   }
   return Status::ok();
 }
@@ -224,36 +179,18 @@ const AwqGroup kAwqGroups[] = {
      "mlp.up_proj"},
 };
 
-// The output of the module a group feeds, on the first S windows of its captured input X[N*L, C], with
-// candidate weights for the group's linears.
-Status awq_block_forward(const LlamaModel& m, int l, LinearInput slot, const Tensor& X, int64_t S, int64_t L,
-                         std::span<const float* const> w, Tensor& out) {
-  const ModelConfig& c = m.config();
-  const int64_t H = c.hidden_size, rows = S * L;
-  switch (slot) {
-    case LinearInput::kQKV: {
-      out = Tensor(DType::kF32, {rows, H});
-      Tensor k(DType::kF32, {L, c.kv_dim()}), v(DType::kF32, {L, c.kv_dim()});
-      LlamaModel::AttentionWeights aw{w[0], w[1], w[2], nullptr};
-      for (int64_t s = 0; s < S; ++s)
-        m.attention_forward(l, X.f32() + s * L * H, L, 0, k.f32(), v.f32(), aw, out.f32() + s * L * H);
-      return Status::ok();
-    }
-    case LinearInput::kGateUp: {
-      out = Tensor(DType::kF32, {rows, H});
-      LlamaModel::MlpWeights mw{w[0], w[1], nullptr};
-      m.mlp_forward(l, X.f32(), rows, mw, out.f32());  // position-free: all rows at once
-      return Status::ok();
-    }
-    case LinearInput::kO:
-    case LinearInput::kDown: {
-      const int64_t C = X.shape()[1];
-      out = Tensor(DType::kF32, {rows, H});
-      ops::linear(X.f32(), rows, C, C, w[0], H, nullptr, out.f32(), H);
-      return Status::ok();
-    }
-  }
-  return error("unknown input slot");
+// The first min(L, kAwqCheckTokens) tokens of window 0 through layer l on the host, in place (causal: a
+// window's prefix does not see the rest of it). AWQ's scale-equivalence check runs on them.
+constexpr int64_t kAwqCheckTokens = 256;
+Status layer_on_prefix(Ctx& c, int l, Tensor& y) {
+  const ModelConfig& cfg = c.model.config();
+  const int64_t T = std::min(c.L, kAwqCheckTokens), H = cfg.hidden_size;
+  QF_ASSIGN_OR_RETURN(const Tensor* x, c.ops.host_inputs());
+  y = Tensor(DType::kF32, {T, H});
+  std::copy(x->f32(), x->f32() + T * H, y.f32());
+  Tensor kbuf(DType::kF32, {T, cfg.kv_dim()}), vbuf(DType::kF32, {T, cfg.kv_dim()});
+  c.model.decoder_layer(l, y.f32(), T, 0, kbuf.f32(), vbuf.f32(), nullptr);
+  return Status::ok();
 }
 
 // AWQ on one layer: capture the FP inputs of every linear; search the scales of each group against the
@@ -263,21 +200,13 @@ Status awq_block_forward(const LlamaModel& m, int l, LinearInput slot, const Ten
 Status awq_layer(Ctx& c, int l) {
   const ModelConfig& cfg = c.model.config();
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
-  const int64_t rows = c.N * c.L;
   const int64_t S = c.opt.awq_search_samples > 0 ? std::min(c.opt.awq_search_samples, c.N) : c.N;
-  Tensor X[4];
-  for (LinearInput slot : kLlamaInputOrder) X[int(slot)] = Tensor(DType::kF32, {rows, slot_width(cfg, slot)});
-  int64_t window = 0;
-  QF_RETURN_IF_ERROR(capture(c, l, [&](int, LinearInput sl, const float* xin, int64_t T, int64_t in) {
-    std::copy(xin, xin + T * in, X[int(sl)].f32() + window * c.L * in);
-    if (sl == LinearInput::kDown) ++window;
-  }));
-  // FP output of the layer on the first window, for the scale-equivalence check.
+  SlotMeans means;
+  QF_RETURN_IF_ERROR(c.ops.awq_capture(l, layer_prefix(l), &means));
+  // FP output of the layer on a prefix of the first window, for the scale-equivalence check.
   const int64_t H = cfg.hidden_size;
-  Tensor ref(DType::kF32, {c.L, H});
-  Tensor kbuf(DType::kF32, {c.L, cfg.kv_dim()}), vbuf(DType::kF32, {c.L, cfg.kv_dim()});
-  std::copy(c.x.f32(), c.x.f32() + c.L * H, ref.f32());
-  c.model.decoder_layer(l, ref.f32(), c.L, 0, kbuf.f32(), vbuf.f32(), nullptr);
+  Tensor ref;
+  QF_RETURN_IF_ERROR(layer_on_prefix(c, l, ref));
 
   struct Found {
     const AwqGroup* g;
@@ -288,8 +217,8 @@ Status awq_layer(Ctx& c, int l) {
     AwqGroupReport gr;
     gr.layer = l;
     gr.name = layer_prefix(l) + g.name;
-    const Tensor& Xin = X[int(g.slot)];
-    const int64_t C = Xin.shape()[1];
+    const std::vector<float>& mean_abs = means[size_t(g.slot)];
+    const int64_t C = int64_t(mean_abs.size());
     if (g.fold_prev) {
       const Tensor& prev = lw.*g.fold_prev;
       Status ok = awq_check_fold_into_linear_rows(prev.shape()[0], C, layer_prefix(l) + g.fold_name, gr.name);
@@ -299,7 +228,6 @@ Status awq_layer(Ctx& c, int l) {
         continue;
       }
     }
-    QF_ASSIGN_OR_RETURN(std::vector<float> mean_abs, awq_mean_abs(Xin.f32(), rows, C, gr.name));
     gr.fold_into = layer_prefix(l) + g.fold_name;
     if (c.opt.awq_fixed_alpha >= 0) {  // ablation: no search
       std::vector<float> sc = awq_scales_for_alpha(mean_abs.data(), C, c.opt.awq_fixed_alpha);
@@ -317,11 +245,10 @@ Status awq_layer(Ctx& c, int l) {
       ws.push_back((lw.*lin).f32());
       outs.push_back((lw.*lin).shape()[0]);
     }
-    BlockForward fwd = [&](std::span<const float* const> w, Tensor& out) {
-      return awq_block_forward(c.model, l, g.slot, Xin, S, c.L, w, out);
-    };
+    QF_ASSIGN_OR_RETURN(std::unique_ptr<AwqSearchOps> scorer,
+                        c.ops.awq_search(l, g.slot, ws, outs, S, c.opt.quant, gr.name));
     QF_ASSIGN_OR_RETURN(ScaleResult sr,
-                        awq_search_scales(mean_abs.data(), C, ws, outs, c.opt.quant, c.opt.awq, fwd, gr.name));
+                        awq_search_scales(mean_abs.data(), C, ws, outs, c.opt.quant, c.opt.awq, *scorer, gr.name));
     gr.best_alpha = sr.best_alpha;
     gr.err_before = sr.err_before;
     gr.err_after = sr.err_best;
@@ -340,24 +267,20 @@ Status awq_layer(Ctx& c, int l) {
       awq_fold_into_linear_rows(prev.f32(), prev.shape()[1], bias && !bias->empty() ? bias->f32() : nullptr,
                                 f.scales);
     }
-    Tensor& Xin = X[int(f.g->slot)];
-    const int64_t C = Xin.shape()[1];
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t ch = 0; ch < C; ++ch) Xin.f32()[r * C + ch] /= f.scales[size_t(ch)];
+    QF_RETURN_IF_ERROR(c.ops.awq_scale_inputs(f.g->slot, f.scales));
   }
   // Scale equivalence, Y = (W s)(X / s): the folded layer in full precision gives the original output.
   // Bound: each product gains at most two roundings (w*s, x/s) on top of a K-term float sum, and the
   // layer chains two linears per block: 4*K*eps of the output's magnitude, K the widest input.
   {
-    Tensor y(DType::kF32, {c.L, H});
-    std::copy(c.x.f32(), c.x.f32() + c.L * H, y.f32());
-    c.model.decoder_layer(l, y.f32(), c.L, 0, kbuf.f32(), vbuf.f32(), nullptr);
+    Tensor y;
+    QF_RETURN_IF_ERROR(layer_on_prefix(c, l, y));
     double max_ref = 0, max_diff = 0;
-    for (int64_t i = 0; i < c.L * H; ++i) {
+    for (int64_t i = 0; i < ref.numel(); ++i) {
       max_ref = std::max(max_ref, double(std::fabs(ref.f32()[i])));
       max_diff = std::max(max_diff, double(std::fabs(y.f32()[i] - ref.f32()[i])));
     }
-    const double bound = 4.0 * double(std::max(cfg.intermediate_size, cfg.hidden_size)) * kF32Eps * max_ref;
+    const double bound = 4.0 * double(std::max(cfg.intermediate_size, H)) * kF32Eps * max_ref;
     if (!(max_diff <= bound))
       return error("{}: AWQ scale folding changed the layer's full-precision output by {:.3g} (bound {:.3g})",
                    layer_prefix(l), max_diff, bound);
@@ -367,14 +290,14 @@ Status awq_layer(Ctx& c, int l) {
       // Not q/k: their outputs meet in QK^T, where clipping error is amplified (llm-awq skips them too).
       if (s.weight == &LayerWeights::wq || s.weight == &LayerWeights::wk) continue;
       Tensor& W = lw.*s.weight;
-      const Tensor& Xin = X[int(s.input)];
-      QF_ASSIGN_OR_RETURN(Tensor max_val, awq_search_clip(W.f32(), W.shape()[0], W.shape()[1], Xin.f32(), rows,
-                                                          c.opt.quant, c.opt.awq, linear_name(l, s)));
+      QF_ASSIGN_OR_RETURN(Tensor max_val, c.ops.awq_clip(s.input, W.f32(), W.shape()[0], W.shape()[1], c.opt.quant,
+                                                         c.opt.awq, linear_name(l, s)));
       QF_RETURN_IF_ERROR(awq_apply_clip(W.f32(), W.shape()[0], W.shape()[1], max_val, c.opt.quant.group_size,
                                         linear_name(l, s)));
     }
   }
-  return Status::ok();
+  c.ops.awq_release();
+  return c.ops.load_layer(l);
 }
 
 }  // namespace
@@ -450,11 +373,14 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     }
     for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
   }
-  Ctx c{model, opt, rep, x, N, L, quantized, gptq_ops.get()};
+  std::unique_ptr<LayerOps> layer_ops = make_cpu_layer_ops(model);
+  QF_RETURN_IF_ERROR(layer_ops->set_inputs(std::move(x), N, L));
+  Ctx c{model, opt, rep, *layer_ops, N, L, quantized, gptq_ops.get()};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
     if (layers) QF_RETURN_IF_ERROR(layers->load(l));
+    QF_RETURN_IF_ERROR(layer_ops->load_layer(l));
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));
@@ -472,8 +398,11 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
         break;
     }
     // The layer's outputs with all its linears quantized feed the next layer.
-    if (needs_calib) advance(c, l);
-    if (on_layer_done) QF_RETURN_IF_ERROR(on_layer_done(l, rep, x));
+    if (needs_calib) QF_RETURN_IF_ERROR(layer_ops->advance(l));
+    if (on_layer_done) {
+      QF_ASSIGN_OR_RETURN(const Tensor* next_inputs, layer_ops->host_inputs());
+      QF_RETURN_IF_ERROR(on_layer_done(l, rep, *next_inputs));
+    }
     if (layers) layers->release(l);
     bar.update(l + 1);
   }
