@@ -26,7 +26,7 @@ namespace qforge::tools {
 namespace {
 
 struct CompareArgs {
-  std::string model, calib, calib_other, data, json_out, device = "cpu";
+  std::string model, calib, calib_other, data, json_out, device = "cpu", gpu_gemm = "bf16";
   std::vector<int> bits = {4, 3};
   std::vector<std::string> methods = {"rtn", "gptq", "gptq-act", "awq", "awq-gptq"};
   int64_t group_size = 64, ctx = 2048, max_windows = 0, calib_samples = 128, calib_seqlen = 512;
@@ -83,8 +83,10 @@ Expected<Variant> variant(const std::string& m, int bits, const CompareArgs& a) 
   o.awq_search_samples = a.awq_search_samples;
   o.seed = a.seed;
   o.progress = false;
-  // GPTQ's solve (gptq, gptq-act, awq-gptq) on the GPU; every other step, and the other methods, on the CPU.
+  // Every method's per-layer work on the GPU (forwards, Hessians, GPTQ, AWQ); drivers and evaluation on the CPU.
   o.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
+  o.gpu_gemm = a.gpu_gemm == "f32" ? quant::GpuGemm::kF32 : a.gpu_gemm == "tf32" ? quant::GpuGemm::kTF32
+                                                                                : quant::GpuGemm::kBF16;
   if (m == "rtn") o.method = quant::Method::kRtn;
   else if (m == "gptq") o.method = quant::Method::kGptq;
   else if (m == "gptq-act") { o.method = quant::Method::kGptq; o.gptq.act_order = true; o.gptq.static_groups = true; }
@@ -152,8 +154,8 @@ Status run_compare(const CompareArgs& a) {
       jobs.push_back({m, b, &calib, a.calib});
   }
   if (a.device == "cuda")
-    fmt::print(stderr, "compare: --device cuda: GPTQ's solve runs on GPU 0 (gptq, gptq-act, awq-gptq); forwards, "
-                       "Hessians, RTN and AWQ on the CPU; peak +MiB counts host memory only\n");
+    fmt::print(stderr, "compare: --device cuda: every method's per-layer work runs on GPU 0 ({} GEMMs); the "
+                       "evaluation on the CPU; peak +MiB counts host memory only\n", a.gpu_gemm);
   const auto t_all = std::chrono::steady_clock::now();
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Job& job = jobs[j];
@@ -263,7 +265,10 @@ Status run_compare(const CompareArgs& a) {
     j["windows"] = rows[0].eval.windows;
     j["tokens_scored"] = rows[0].eval.tokens_scored;
     j["group_size"] = a.group_size;
-    if (a.device != "cpu") j["device"] = a.device;
+    if (a.device != "cpu") {
+      j["device"] = a.device;
+      j["gpu_gemm"] = a.gpu_gemm;
+    }
     j["calibration"] = {{"file", a.calib}, {"other_file", a.calib_other}, {"samples", a.calib_samples},
                         {"seqlen", a.calib_seqlen}, {"seed", a.seed}, {"awq_search_samples", a.awq_search_samples}};
     nlohmann::json arr = nlohmann::json::array();
@@ -315,8 +320,10 @@ Command make_compare_command() {
     sub->add_flag("--ablations", args->ablations, "add AWQ's ablations at the lowest bit width");
     sub->add_option("--json", args->json_out, "write the table as JSON");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
-    sub->add_option("--device", args->device, "where GPTQ's solve runs: cpu, or cuda (GPU 0)")
+    sub->add_option("--device", args->device, "where the quantizers' per-layer work runs: cpu, or cuda (GPU 0)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    sub->add_option("--gpu-gemm", args->gpu_gemm, "--device cuda: GEMM precision of the layer forward")
+        ->check(CLI::IsMember({"bf16", "tf32", "f32"}));
     return sub;
   };
   c.run = [args]() { return exit_code(run_compare(*args)); };

@@ -1,8 +1,9 @@
 // qforge quantize --model M --method rtn|gptq|awq|awq-gptq --bits B --group-size G [--sym] [--act-order]
 //                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] [--format F] --out DIR [--report JSON]
-//                 [--device cpu|cuda]
-// --device cuda runs GPTQ's solve of every linear (gptq, awq-gptq) on GPU 0 through the CUDA GptqOps backend; the
-// forwards, Hessians and AWQ stay on the CPU (docs/gpu-pipeline.md).
+//                 [--device cpu|cuda [--gpu-gemm bf16|tf32|f32]]
+// --device cuda runs the per-layer work of every method on GPU 0: the layer forwards over the calibration windows,
+// GPTQ's Hessians and solves, AWQ's statistics, scale search and clipping, and the error statistics; the host keeps
+// the weights, the drivers and the output (docs/gpu-pipeline.md).
 // --format hf (default): a Hugging Face directory of dequantized f32 weights (what the quantizers' tables score);
 // awq / gptq / gptq-v2: a packed 4-bit checkpoint (AutoAWQ GEMM or GPTQ layout, vLLM/transformers load it);
 // gguf: a llama.cpp GGUF file at --out (Q4_0 when symmetric, else Q4_1). Every output is written atomically,
@@ -33,7 +34,7 @@ namespace qforge::tools {
 namespace {
 
 struct QuantizeArgs {
-  std::string model, method = "gptq", out, report, calib, grid, format = "hf", dtype = "f16", device = "cpu";
+  std::string model, method = "gptq", out, report, calib, grid, format = "hf", dtype = "f16", device = "cpu", gpu_gemm = "bf16";
   int64_t awq_search_samples = 0;
   bool no_awq_clip = false;
   int bits = 4;
@@ -72,10 +73,8 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.awq_search_samples = a.awq_search_samples;
   opt.awq_clip = !a.no_awq_clip;
   opt.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
-  if (opt.device == quant::Device::kCuda && opt.method != quant::Method::kGptq &&
-      opt.method != quant::Method::kAwqGptq)
-    return error("--device cuda: only GPTQ's solve runs on the GPU so far (--method gptq or awq-gptq); "
-                 "--method {} runs on the CPU: use --device cpu", a.method);
+  opt.gpu_gemm = a.gpu_gemm == "f32" ? quant::GpuGemm::kF32 : a.gpu_gemm == "tf32" ? quant::GpuGemm::kTF32
+                                                                                  : quant::GpuGemm::kBF16;
 
   // One decoder layer in memory at a time: the loader reads layer l from the mapped input when the pipeline gets
   // to it, and the writers read the quantized layers back from the run state. Sampling calibration from the model
@@ -131,7 +130,10 @@ Status run_quantize(const QuantizeArgs& a) {
                        {"no_awq_clip", a.no_awq_clip}, {"format", a.format}};
   // GPU and CPU runs give different (equally good) codes (docs/gpu-pipeline.md), so a run resumes only on the device
   // it started on. Only GPU runs record it: the state of a CPU run stays as before.
-  if (opt.device != quant::Device::kCpu) fp["device"] = a.device;
+  if (opt.device != quant::Device::kCpu) {
+    fp["device"] = a.device;
+    fp["gpu_gemm"] = a.gpu_gemm;
+  }
   QF_ASSIGN_OR_RETURN(checkpoint::QuantizeState state,
                       checkpoint::QuantizeState::open(a.out + ".partial", fp.dump(2) + "\n", a.resume));
   std::optional<quant::PipelineResume> resume;
@@ -186,7 +188,10 @@ Status run_quantize(const QuantizeArgs& a) {
   j["grid"] = grid;
   j["calibration"] = {{"file", a.calib}, {"samples", a.calib_samples}, {"seqlen", a.calib_seqlen}, {"seed", a.seed},
                       {"tokens", rep.calibration_tokens}};
-  if (opt.device != quant::Device::kCpu) j["device"] = a.device;  // CPU reports stay byte for byte as before
+  if (opt.device != quant::Device::kCpu) {  // CPU reports stay byte for byte as before
+    j["device"] = a.device;
+    j["gpu_gemm"] = a.gpu_gemm;
+  }
   j["seconds"] = rep.seconds;
   j["peak_rss_mb"] = double(peak_rss_kb()) / 1024.0;
   nlohmann::json lin = nlohmann::json::array();
@@ -245,7 +250,7 @@ Status run_quantize(const QuantizeArgs& a) {
   auto sorted = rep.linears;
   std::sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.output_error > y.output_error; });
   fmt::print("{} {}-bit g{}{}{}: {} linears in {:.1f}s, peak RSS {:.0f} MiB -> {}\n", a.method, a.bits, a.group_size,
-             a.act_order ? " act-order" : "", opt.device == quant::Device::kCuda ? " (GPTQ on cuda)" : "",
+             a.act_order ? " act-order" : "", opt.device == quant::Device::kCuda ? fmt::format(" (on cuda, {} GEMMs)", a.gpu_gemm) : std::string(),
              rep.linears.size(), rep.seconds, double(peak_rss_kb()) / 1024.0, a.out);
   if (!rep.awq_groups.empty()) {
     fmt::print("AWQ scales (alpha, block error before -> after, largest scales as channel:scale):\n");
@@ -306,9 +311,10 @@ Command make_quantize_command() {
     sub->add_flag("--resume", args->resume, "continue an interrupted run from its state in OUT.partial/");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     sub->add_option("--device", args->device,
-                    "where GPTQ's solve runs (gptq, awq-gptq): cpu, or cuda (GPU 0; forwards and Hessians stay "
-                    "on the CPU)")
+                    "where the per-layer work runs (forwards, Hessians, GPTQ, AWQ): cpu, or cuda (GPU 0)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    sub->add_option("--gpu-gemm", args->gpu_gemm, "--device cuda: GEMM precision of the layer forward")
+        ->check(CLI::IsMember({"bf16", "tf32", "f32"}));
     return sub;
   };
   c.run = [args]() { return exit_code(run_quantize(*args)); };

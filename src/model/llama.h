@@ -118,9 +118,11 @@ class LlamaModel {
   void decoder_layer(int layer, float* x, int64_t T, int64_t pos0, float* k_cache, float* v_cache,
                      const LinearInputHook& hook, std::optional<LinearInput> stop_after = std::nullopt) const;
 
- private:
+  // RoPE tables for positions pos0..pos0+T-1: cos, sin [T, head_dim/2] (what the forward uses; the GPU layer
+  // takes them as they are).
   void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;
 
+ private:
   ModelConfig config_;
   ModelWeights weights_;
   std::vector<float> inv_freq_;  // [hd/2]

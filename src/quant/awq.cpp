@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "core/parallel.h"
 #include "ops/ops.h"
 #include "quant/rtn.h"
 
@@ -123,16 +124,16 @@ class BlockForwardSearchOps final : public AwqSearchOps {
  public:
   BlockForwardSearchOps(std::span<const float* const> weights, std::span<const int64_t> outs, int64_t C,
                         const QuantConfig& cfg, BlockForward forward, std::string_view name)
-      : weights_(weights), outs_(outs), C_(C), cfg_(cfg), forward_(std::move(forward)), name_(name) {
-    wq_.resize(weights.size());
-    wq_ptr_.resize(weights.size());
-    for (size_t i = 0; i < weights.size(); ++i) {
-      wq_[i].resize(size_t(outs[i] * C));
+      : weights_(weights), outs_(outs), C_(C), cfg_(cfg), forward_(std::move(forward)), name_(name) {}
+
+  // Called by the driver after it validated weights and outs.
+  Status reference() override {
+    wq_.resize(weights_.size());
+    wq_ptr_.resize(weights_.size());
+    for (size_t i = 0; i < weights_.size(); ++i) {
+      wq_[i].resize(size_t(outs_[i] * C_));
       wq_ptr_[i] = wq_[i].data();
     }
-  }
-
-  Status reference() override {
     QF_RETURN_IF_ERROR(forward_(weights_, y0_).with_context(std::string(name_) + ": block forward"));
     QF_RETURN_IF_ERROR(check_finite(y0_.f32(), 1, y0_.numel(), name_, "block output"));
     if (y0_.numel() == 0) return error("{}: block forward returned an empty output", name_);
@@ -334,18 +335,22 @@ Status awq_apply_clip(float* W, int64_t out, int64_t C, const Tensor& max_val, i
   for (int64_t i = 0; i < out * ng; ++i)
     if (!(mv[i] >= 0) || !std::isfinite(mv[i]))
       return error("{}: clip value [{}, {}] is {}; need finite >= 0", name, i / ng, i % ng, mv[i]);
-  for (int64_t r = 0; r < out; ++r)
-    for (int64_t c = 0; c < C; ++c) {
-      const float m = mv[r * ng + c / gs];
-      W[r * C + c] = std::clamp(W[r * C + c], -m, m);
-    }
+  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < C; ++c) {
+        const float m = mv[r * ng + c / gs];
+        W[r * C + c] = std::clamp(W[r * C + c], -m, m);
+      }
+  });
   return Status::ok();
 }
 
 void awq_apply_scales(float* W, int64_t out, std::span<const float> scales) {
   const int64_t C = int64_t(scales.size());
-  for (int64_t r = 0; r < out; ++r)
-    for (int64_t c = 0; c < C; ++c) W[r * C + c] *= scales[size_t(c)];
+  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, C)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < C; ++c) W[r * C + c] *= scales[size_t(c)];
+  });
 }
 
 void awq_fold_into_norm(float* gamma, std::span<const float> scales) {

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "core/parallel.h"
+#include "core/trace.h"
+
 namespace qforge::quant {
 namespace {
 
@@ -155,8 +158,11 @@ Expected<GptqResult> gptq_quantize(const float* W, int64_t out, int64_t in, cons
   if (H.dtype() != DType::kF32 || !(H.shape() == Shape{in, in}))
     return error("{}: Hessian is {} (dtype {}), expected f32 [{}, {}]", name, H.shape().str(),
                  dtype_name(H.dtype()), in, in);
-  QF_RETURN_IF_ERROR(check_finite(W, out, in, name, "weight"));
-  QF_RETURN_IF_ERROR(check_finite(H.f32(), in, in, name, "H"));
+  {
+    TraceScope tr("gptq checks");
+    QF_RETURN_IF_ERROR(check_finite(W, out, in, name, "weight"));
+    QF_RETURN_IF_ERROR(check_finite(H.f32(), in, in, name, "H"));
+  }
   const float* Hf = H.f32();
   for (int64_t i = 0; i < in; ++i)
     if (Hf[i * in + i] < 0.0f)
@@ -230,6 +236,7 @@ Expected<GptqResult> gptq_quantize(const float* W, int64_t out, int64_t in, cons
   plan.out = out;
   plan.in = in;
   plan.cfg = cfg;
+  plan.hessian_id = opts.hessian_id;
   plan.n_groups = ng;
   plan.perm = perm;
   plan.diag = diag;
@@ -273,6 +280,7 @@ Expected<GptqResult> gptq_quantize(const float* W, int64_t out, int64_t in, cons
   for (double l : sweep.block_row_loss) res.loss += l;  // block by block, row by row
 
   // Back to the original column order.
+  TraceScope tr("gptq codes to original order");
   QuantizedLinear& q = res.q;
   q.out = out;
   q.in = in;
@@ -280,9 +288,11 @@ Expected<GptqResult> gptq_quantize(const float* W, int64_t out, int64_t in, cons
   q.qweight.resize(size_t(out * in));
   q.g_idx.resize(static_cast<size_t>(in));
   for (int64_t k = 0; k < in; ++k) q.g_idx[size_t(perm[size_t(k)])] = group_of[size_t(k)];
-  for (int64_t r = 0; r < out; ++r)
-    for (int64_t k = 0; k < in; ++k)
-      q.qweight[size_t(r * in + perm[size_t(k)])] = sweep.codes[size_t(r * in + k)];
+  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / in), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t k = 0; k < in; ++k)
+        q.qweight[size_t(r * in + perm[size_t(k)])] = sweep.codes[size_t(r * in + k)];
+  });
   q.scales = Tensor(DType::kF32, {out, ng});
   q.zeros = Tensor(DType::kF32, {out, ng});
   for (int64_t i = 0; i < out * ng; ++i) {

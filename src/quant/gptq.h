@@ -22,6 +22,10 @@ struct GptqOptions {
                                // and via the group quirk below)
   bool act_order = false;      // quantize columns in order of decreasing H[i, i]
   bool static_groups = false;  // group grids fixed up front from the original weights
+  // Nonzero: the caller promises that every call with this id passes the same H (q/k/v share one Hessian, as do
+  // gate/up), so a backend may keep the inverse-Hessian factor of the last such call instead of factoring the
+  // same matrix again (the CUDA backend does; the CPU reference always factors). 0: no promise.
+  uint64_t hessian_id = 0;
 };
 
 // Damping retries when H + damp is not positive definite (numerically): damp_percent * 10^k for
@@ -68,6 +72,7 @@ struct GptqPlan {
   // as it stands at the START of k's block (before the in-block feedback of that block).
   std::span<const char> grid_start;
   std::span<const GroupParams> grids;  // [out, n_groups] initial grids (per channel, static groups)
+  uint64_t hessian_id = 0;             // GptqOptions::hessian_id
 };
 
 // What a backend gives back after the last block.

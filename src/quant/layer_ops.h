@@ -40,6 +40,8 @@ class LayerOps {
   virtual ~LayerOps() = default;
   // "cpu", "cuda:0 NVIDIA H100 80GB HBM3 (bf16 GEMMs)"
   virtual std::string name() const = 0;
+  // Whether the backend computes on the host's BLAS (then the driver runs no host BLAS work beside it).
+  virtual bool uses_host_blas() const { return false; }
 
   // The calibration activations entering the first layer the run works on: x [N * L, H] f32, N windows
   // of L tokens, each window at positions 0..L-1. The backend owns them from here on.
@@ -48,8 +50,16 @@ class LayerOps {
   // valid until the next call of any other method.
   virtual Expected<const Tensor*> host_inputs() = 0;
 
+  // The first `rows` rows of the current activations, to the host (dst [rows, H]).
+  virtual Status input_rows(int64_t rows, float* dst) = 0;
+
   // Layer l's weights as they stand now in the model; again after the driver changed any of them.
   virtual Status load_layer(int l) = 0;
+  // Only the linears that read `slot` changed since (GPTQ quantized them): a backend may copy just those.
+  virtual Status load_linears(int l, LinearInput slot) {
+    (void)slot;
+    return load_layer(l);
+  }
 
   // The forward of layer l over every window up to `slot`'s input, H = 2/n sum x x^T over those inputs
   // (quant/hessian.h's running mean). H [in, in] f32 on the host. `name` prefixes errors.
@@ -79,6 +89,15 @@ class LayerOps {
 
   // x <- layer l (x) for every window, with the layer's weights as last loaded.
   virtual Status advance(int l) = 0;
+
+  // A device pointer holding the same n floats as `host` (a weight of the current layer as last loaded, or the
+  // host copy of the last Hessian), for a GPU step that would otherwise copy them again; null when the backend
+  // holds no such copy (always, on the CPU).
+  virtual const float* device_copy(const float* host, int64_t n) const {
+    (void)host;
+    (void)n;
+    return nullptr;
+  }
 };
 
 // The reference backend on `model` (whose weights it reads in place: load_layer is a no-op).

@@ -17,6 +17,7 @@ class CpuLayerOps final : public LayerOps {
   explicit CpuLayerOps(const LlamaModel& model) : model_(model) {}
 
   std::string name() const override { return "cpu"; }
+  bool uses_host_blas() const override { return true; }
 
   Status set_inputs(Tensor x, int64_t N, int64_t L) override {
     x_ = std::move(x);
@@ -25,6 +26,10 @@ class CpuLayerOps final : public LayerOps {
     return Status::ok();
   }
   Expected<const Tensor*> host_inputs() override { return &x_; }
+  Status input_rows(int64_t rows, float* dst) override {
+    std::copy(x_.f32(), x_.f32() + rows * model_.config().hidden_size, dst);
+    return Status::ok();
+  }
   Status load_layer(int) override { return Status::ok(); }
 
   Status hessian(int l, LinearInput slot, const std::string& name, Tensor* H) override {

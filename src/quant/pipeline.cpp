@@ -5,12 +5,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <future>
 #include <random>
 
 #include "core/progress.h"
+#include "core/trace.h"
 #include "model/layer_spec.h"
 #include "ops/ops.h"
 #include "quant/cuda/gptq_cuda_ops.h"
+#include "quant/cuda/layer_ops_cuda.h"
 #include "quant/hessian.h"
 #include "quant/layer_ops.h"
 #include "quant/rtn.h"
@@ -46,6 +49,13 @@ std::string linear_name(int layer, const LinearSpec& s) { return layer_prefix(la
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Adds the scope's wall time to `acc` (PipelineTimes).
+struct Timed {
+  double& acc;
+  Clock::time_point t0 = Clock::now();
+  ~Timed() { acc += seconds_since(t0); }
+};
+
 struct Ctx {
   LlamaModel& model;
   const PipelineOptions& opt;
@@ -58,8 +68,15 @@ struct Ctx {
 
 // The report's error statistics of W against its quantized values Q (with H: the output error too).
 Status fill_errors(Ctx& c, const float* W, const Tensor& Q, const Tensor* H, LinearReport& r) {
+  Timed t{c.rep.times.errors};
   return c.ops.linear_errors(W, Q, H, &r.weight_mse, H ? &r.output_error : nullptr)
       .with_context(r.name);
+}
+
+// Hands layer l's weights, as the driver changed them, to the backend again.
+Status reload(Ctx& c, int l) {
+  Timed t{c.rep.times.load};
+  return c.ops.load_layer(l);
 }
 
 // Keeps the quantized form of linear `s` of layer l when the caller asked for it.
@@ -106,8 +123,13 @@ Status rtn_layer(Ctx& c, int l) {
     const auto ts = Clock::now();
     Tensor& W = lw.*s.weight;
     LinearReport r{linear_name(l, s), l, W.shape()[0], W.shape()[1]};
-    QF_ASSIGN_OR_RETURN(QuantizedLinear q, rtn_quantize(W.f32(), r.out, r.in, c.opt.quant, r.name));
-    Tensor Q = q.dequantize();
+    Tensor Q;
+    QuantizedLinear q;
+    {
+      Timed t{c.rep.times.rtn};
+      QF_ASSIGN_OR_RETURN(q, rtn_quantize(W.f32(), r.out, r.in, c.opt.quant, r.name));
+      Q = q.dequantize();
+    }
     if (keep) {
       const int64_t k = std::max<int64_t>(1, int64_t(std::llround(c.opt.keep_fp_fraction * double(r.in))));
       const uint64_t seed = c.opt.seed * 1000003u + uint64_t(l) * 16u + uint64_t(&s - kLlamaLinears.data());
@@ -120,7 +142,7 @@ Status rtn_layer(Ctx& c, int l) {
     r.seconds = seconds_since(ts);
     c.rep.linears.push_back(std::move(r));
   }
-  return c.ops.load_layer(l);
+  return reload(c, l);
 }
 
 // True-sequential GPTQ: one capture pass per input slot, each after the previous slot's linears were
@@ -129,29 +151,45 @@ Status gptq_layer(Ctx& c, int l) {
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
   for (LinearInput slot : kLlamaInputOrder) {
     Tensor H;
-    QF_RETURN_IF_ERROR(c.ops.hessian(l, slot, layer_prefix(l) + linear_input_name(slot), &H));
+    {
+      Timed t{c.rep.times.hessians};
+      QF_RETURN_IF_ERROR(c.ops.hessian(l, slot, layer_prefix(l) + linear_input_name(slot), &H));
+    }
     for (const LinearSpec& s : kLlamaLinears) {
       if (s.input != slot) continue;
       const auto ts = Clock::now();
       Tensor& W = lw.*s.weight;
       LinearReport r{linear_name(l, s), l, W.shape()[0], W.shape()[1]};
       // One driver either way; errors from the CUDA backend come back prefixed with the linear's name.
+      const auto tg = Clock::now();
+      GptqOptions go = c.opt.gptq;
+      go.hessian_id = uint64_t(l) * 4 + uint64_t(slot) + 1;  // this slot's H, shared by its linears
       QF_ASSIGN_OR_RETURN(GptqResult g,
-                          c.gptq_ops ? gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, c.opt.gptq, r.name,
-                                                     *c.gptq_ops)
-                                     : gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, c.opt.gptq, r.name));
-      Tensor Q = g.q.dequantize();
+                          c.gptq_ops ? gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, go, r.name, *c.gptq_ops)
+                                     : gptq_quantize(W.f32(), r.out, r.in, H, c.opt.quant, go, r.name));
+      Tensor Q;
+      {
+        TraceScope tr("dequantize");
+        Q = g.q.dequantize();
+      }
+      c.rep.times.gptq += seconds_since(tg);
       QF_RETURN_IF_ERROR(fill_errors(c, W.f32(), Q, &H, r));
       r.gptq_loss = g.loss;
       r.damp_percent = g.damp_percent;
       r.dead_columns = g.dead_columns;
-      W = std::move(Q);
-      keep_quantized(c, l, s, std::move(g.q));
+      {
+        TraceScope tr("replace W, keep codes");
+        W = std::move(Q);
+        keep_quantized(c, l, s, std::move(g.q));
+      }
       r.seconds = seconds_since(ts);
       c.rep.linears.push_back(std::move(r));
     }
     // The next slot's inputs (and the advance) see this slot's linears quantized.
-    QF_RETURN_IF_ERROR(c.ops.load_layer(l));
+    {
+      Timed t{c.rep.times.load};
+      QF_RETURN_IF_ERROR(c.ops.load_linears(l, slot));
+    }
   }
   return Status::ok();
 }
@@ -180,14 +218,14 @@ const AwqGroup kAwqGroups[] = {
 };
 
 // The first min(L, kAwqCheckTokens) tokens of window 0 through layer l on the host, in place (causal: a
-// window's prefix does not see the rest of it). AWQ's scale-equivalence check runs on them.
-constexpr int64_t kAwqCheckTokens = 256;
+// window's prefix does not see the rest of it). AWQ's scale-equivalence check runs on them: any misfolded
+// channel shows on every token; the CPU forward of a 7B layer on 16 tokens costs about one read of its weights.
+constexpr int64_t kAwqCheckTokens = 16;
 Status layer_on_prefix(Ctx& c, int l, Tensor& y) {
   const ModelConfig& cfg = c.model.config();
   const int64_t T = std::min(c.L, kAwqCheckTokens), H = cfg.hidden_size;
-  QF_ASSIGN_OR_RETURN(const Tensor* x, c.ops.host_inputs());
   y = Tensor(DType::kF32, {T, H});
-  std::copy(x->f32(), x->f32() + T * H, y.f32());
+  QF_RETURN_IF_ERROR(c.ops.input_rows(T, y.f32()));
   Tensor kbuf(DType::kF32, {T, cfg.kv_dim()}), vbuf(DType::kF32, {T, cfg.kv_dim()});
   c.model.decoder_layer(l, y.f32(), T, 0, kbuf.f32(), vbuf.f32(), nullptr);
   return Status::ok();
@@ -202,11 +240,34 @@ Status awq_layer(Ctx& c, int l) {
   LayerWeights& lw = c.model.mutable_weights().layers[size_t(l)];
   const int64_t S = c.opt.awq_search_samples > 0 ? std::min(c.opt.awq_search_samples, c.N) : c.N;
   SlotMeans means;
+  auto tc = Clock::now();
   QF_RETURN_IF_ERROR(c.ops.awq_capture(l, layer_prefix(l), &means));
+  c.rep.times.awq_capture += seconds_since(tc);
+  const auto ts = Clock::now();
   // FP output of the layer on a prefix of the first window, for the scale-equivalence check.
   const int64_t H = cfg.hidden_size;
+  // With a GPU backend it runs on host threads while the scale search below scores candidates (which reads the
+  // weights and never writes them); it is joined before the scales are applied. With the CPU backend it runs
+  // first, alone (two BLAS users at once would share the cores and need a thread-safe BLAS).
   Tensor ref;
-  QF_RETURN_IF_ERROR(layer_on_prefix(c, l, ref));
+  Tensor ref_x;
+  {
+    const int64_t T = std::min(c.L, kAwqCheckTokens);
+    ref_x = Tensor(DType::kF32, {T, H});
+    QF_RETURN_IF_ERROR(c.ops.input_rows(T, ref_x.f32()));
+  }
+  std::future<void> ref_job = std::async(c.ops.uses_host_blas() ? std::launch::deferred : std::launch::async, [&] {
+    TraceScope tr("awq reference prefix (cpu)");
+    ref = std::move(ref_x);
+    Tensor kbuf(DType::kF32, {ref.shape()[0], cfg.kv_dim()}), vbuf(DType::kF32, {ref.shape()[0], cfg.kv_dim()});
+    c.model.decoder_layer(l, ref.f32(), ref.shape()[0], 0, kbuf.f32(), vbuf.f32(), nullptr);
+  });
+  struct JoinOnExit {
+    std::future<void>& f;
+    ~JoinOnExit() {
+      if (f.valid()) f.wait();
+    }
+  } join_ref{ref_job};
 
   struct Found {
     const AwqGroup* g;
@@ -247,6 +308,7 @@ Status awq_layer(Ctx& c, int l) {
     }
     QF_ASSIGN_OR_RETURN(std::unique_ptr<AwqSearchOps> scorer,
                         c.ops.awq_search(l, g.slot, ws, outs, S, c.opt.quant, gr.name));
+    TraceScope tr_search("awq search (driver)");
     QF_ASSIGN_OR_RETURN(ScaleResult sr,
                         awq_search_scales(mean_abs.data(), C, ws, outs, c.opt.quant, c.opt.awq, *scorer, gr.name));
     gr.best_alpha = sr.best_alpha;
@@ -258,6 +320,8 @@ Status awq_layer(Ctx& c, int l) {
   }
   // Apply: W[:, c] *= s, the feeding norm's gamma (or previous linear's rows) /= s, and the captured
   // inputs (used by the clip search) /= s.
+  ref_job.get();
+  TraceScope tr_apply("awq apply + check");
   for (const Found& f : found) {
     for (auto lin : f.g->linears) awq_apply_scales((lw.*lin).f32(), (lw.*lin).shape()[0], f.scales);
     if (f.g->fold_norm) awq_fold_into_norm((lw.*f.g->fold_norm).f32(), f.scales);
@@ -285,6 +349,8 @@ Status awq_layer(Ctx& c, int l) {
       return error("{}: AWQ scale folding changed the layer's full-precision output by {:.3g} (bound {:.3g})",
                    layer_prefix(l), max_diff, bound);
   }
+  c.rep.times.awq_search += seconds_since(ts);
+  Timed tclip{c.rep.times.awq_clip};
   if (c.opt.awq_clip) {
     for (const LinearSpec& s : kLlamaLinears) {
       // Not q/k: their outputs meet in QK^T, where clipping error is amplified (llm-awq skips them too).
@@ -297,7 +363,7 @@ Status awq_layer(Ctx& c, int l) {
     }
   }
   c.ops.awq_release();
-  return c.ops.load_layer(l);
+  return reload(c, l);
 }
 
 }  // namespace
@@ -354,14 +420,37 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
       }
   }
   rep.calibration_tokens = needs_calib ? N * L : 0;
-  // The GPTQ backend, once per run and before any layer is touched: no GPU (or no CUDA in this build) fails
-  // here, naming the first linear it was wanted for, with nothing quantized or handed to on_layer_done.
+  // The backends, once per run and before any layer is touched: no GPU (or no CUDA in this build, or too little
+  // GPU memory) fails here, naming the first linear it was wanted for, with nothing quantized or handed to
+  // on_layer_done.
   std::unique_ptr<GptqOps> gptq_ops;
+  std::unique_ptr<LayerOps> layer_ops;
   const bool runs_gptq = opt.method == Method::kGptq || opt.method == Method::kAwqGptq;
-  if (runs_gptq && opt.device == Device::kCuda && first < int(cfg.num_hidden_layers)) {
-    Expected<std::unique_ptr<GptqOps>> ops = make_cuda_gptq_ops(opt.cuda_device);
-    if (!ops) return ops.status().with_context(linear_name(first, kLlamaLinears[0]));
-    gptq_ops = std::move(*ops);
+  const bool runs_awq = opt.method == Method::kAwq || opt.method == Method::kAwqGptq;
+  if (opt.device == Device::kCuda && first < int(cfg.num_hidden_layers)) {
+    const std::string at = linear_name(first, kLlamaLinears[0]);
+    Expected<std::unique_ptr<LayerOps>> lops = make_cuda_layer_ops(model, opt.cuda_device, opt.gpu_gemm);
+    if (!lops) return lops.status().with_context(at);
+    layer_ops = std::move(*lops);
+    int64_t free_b = 0, total_b = 0;
+    QF_RETURN_IF_ERROR(cuda_device_memory(opt.cuda_device, &free_b, &total_b).with_context(at));
+    const int64_t need = cuda_pipeline_bytes(cfg, needs_calib ? N : 0, needs_calib ? L : 0, opt.gpu_gemm,
+                                             runs_awq || opt.keep_fp_fraction > 0, runs_gptq);
+    if (need > free_b)
+      return error("{}: this run needs about {:.1f} GiB of GPU memory ({} calibration windows of {} tokens), GPU {} "
+                   "has {:.1f} GiB free of {:.1f} GiB; lower --calib-samples (the activations and AWQ's kept inputs "
+                   "grow with it) or --calib-seqlen",
+                   at, double(need) / (1 << 30), N, L, opt.cuda_device, double(free_b) / (1 << 30),
+                   double(total_b) / (1 << 30));
+    if (runs_gptq) {
+      LayerOps* lops_ptr = layer_ops.get();
+      Expected<std::unique_ptr<GptqOps>> ops = make_cuda_gptq_ops(
+          opt.cuda_device, [lops_ptr](const float* host, int64_t n) { return lops_ptr->device_copy(host, n); });
+      if (!ops) return ops.status().with_context(at);
+      gptq_ops = std::move(*ops);
+    }
+  } else {
+    layer_ops = make_cpu_layer_ops(model);
   }
   if (quantized) {
     if (opt.keep_fp_fraction > 0)
@@ -373,14 +462,16 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
     }
     for (auto& layer : quantized->layers) layer.resize(kLlamaLinears.size());
   }
-  std::unique_ptr<LayerOps> layer_ops = make_cpu_layer_ops(model);
-  QF_RETURN_IF_ERROR(layer_ops->set_inputs(std::move(x), N, L));
+  QF_RETURN_IF_ERROR(layer_ops->set_inputs(std::move(x), N, L).with_context(linear_name(first, kLlamaLinears[0])));
   Ctx c{model, opt, rep, *layer_ops, N, L, quantized, gptq_ops.get()};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
-    if (layers) QF_RETURN_IF_ERROR(layers->load(l));
-    QF_RETURN_IF_ERROR(layer_ops->load_layer(l));
+    {
+      Timed t{rep.times.load};
+      if (layers) QF_RETURN_IF_ERROR(layers->load(l));
+      QF_RETURN_IF_ERROR(layer_ops->load_layer(l));
+    }
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));
@@ -398,7 +489,10 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
         break;
     }
     // The layer's outputs with all its linears quantized feed the next layer.
-    if (needs_calib) QF_RETURN_IF_ERROR(layer_ops->advance(l));
+    if (needs_calib) {
+      Timed t{rep.times.advance};
+      QF_RETURN_IF_ERROR(layer_ops->advance(l));
+    }
     if (on_layer_done) {
       QF_ASSIGN_OR_RETURN(const Tensor* next_inputs, layer_ops->host_inputs());
       QF_RETURN_IF_ERROR(on_layer_done(l, rep, *next_inputs));

@@ -15,6 +15,7 @@
 #include "model/layer_stream.h"
 #include "model/llama.h"
 #include "quant/awq.h"
+#include "quant/cuda/layer_ops_cuda.h"
 #include "quant/gptq.h"
 #include "quant/quant_config.h"
 
@@ -29,21 +30,23 @@ const char* method_name(Method m);
 enum class SalientBy { kActivation, kWeight, kRandom };
 const char* salient_by_name(SalientBy b);
 
-// Where GPTQ's solve of each linear (the inverse-Hessian factorization, the column sweep and the lazy-block
-// updates, quant/gptq.h GptqOps) runs. Only that step moves: the decoder-layer forwards that capture the
-// calibration inputs, the Hessians, AWQ and RTN stay on the CPU. The two devices solve the first Hessians to
-// the same codes up to the summation order of the trailing update; later Hessians see the (then different)
-// quantized outputs of earlier linears, so the end results are two equally good GPTQ solutions, not the same
-// codes (docs/gpu-pipeline.md measures it).
+// Where the per-layer work runs (quant/layer_ops.h): kCpu, the f32 reference; kCuda, one GPU, which holds the
+// calibration activations for the whole run and does the layer forwards, the Hessians, AWQ's statistics,
+// scale scoring and clip search, the error statistics (quant/cuda/layer_ops_cuda.h) and GPTQ's solves (quant/gptq.h
+// GptqOps). The drivers (which layer, which slot, which alpha, damping, grids) are the same code on both. The
+// two devices' results are equally good quantizations, not the same codes: the forward's summation order (and
+// with bf16/tf32 GEMMs its rounding) differs, and every later Hessian of the sequential pipeline sees the
+// difference (docs/gpu-pipeline.md measures it).
 enum class Device { kCpu, kCuda };
 
 struct PipelineOptions {
   Method method = Method::kGptq;
-  // kCuda: GPTQ (for kGptq and kAwqGptq) through the CUDA backend on GPU `cuda_device`, created once per run
-  // before any layer is touched; a build without CUDA or a machine without a usable GPU is an error that
-  // names the first linear it would have served. RTN and AWQ ignore it.
+  // kCuda: everything above on GPU `cuda_device`, set up once per run before any layer is touched (with a
+  // check of the GPU memory the run needs); a build without CUDA, a machine without a usable GPU or too little
+  // GPU memory is an error that names the first linear it would have served.
   Device device = Device::kCpu;
   int cuda_device = 0;
+  GpuGemm gpu_gemm = GpuGemm::kBF16;  // the GPU forward's GEMM precision
   QuantConfig quant;
   GptqOptions gptq;
   AwqOptions awq;
@@ -87,8 +90,23 @@ struct LinearReport {
   double seconds = 0;
 };
 
+// Wall seconds per step, summed over layers (a GPU step is counted until its results are back on the host, so
+// asynchronous work may land in the next step's time).
+struct PipelineTimes {
+  double load = 0;         // layer weights read (LayerStream) and handed to the backend
+  double hessians = 0;     // GPTQ: forwards up to each slot + Hessian accumulation
+  double gptq = 0;         // GPTQ's solves (gptq_quantize), dequantization included
+  double rtn = 0;          // RTN of every linear
+  double awq_capture = 0;  // AWQ: the forward keeping every slot's input, and mean |x|
+  double awq_search = 0;   // AWQ: scale search (candidates scored), apply and fold, the equivalence check
+  double awq_clip = 0;     // AWQ: clip search and apply
+  double errors = 0;       // the report's error statistics
+  double advance = 0;      // the layer's outputs with its linears quantized
+};
+
 struct PipelineReport {
   std::vector<LinearReport> linears;
+  PipelineTimes times;
   std::vector<AwqGroupReport> awq_groups;
   double seconds = 0;
   int64_t calibration_tokens = 0;

@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
+
+#include "core/parallel.h"
 
 namespace qforge::quant {
 
@@ -34,11 +37,13 @@ Tensor QuantizedLinear::dequantize() const {
   const float* s = scales.f32();
   const float* z = zeros.f32();
   float* dst = w.f32();
-  for (int64_t r = 0; r < out; ++r)
-    for (int64_t c = 0; c < in; ++c) {
-      const int64_t g = r * ng + g_idx[size_t(c)];
-      dst[r * in + c] = (float(qweight[size_t(r * in + c)]) - z[g]) * s[g];
-    }
+  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, in)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        const int64_t g = r * ng + g_idx[size_t(c)];
+        dst[r * in + c] = (float(qweight[size_t(r * in + c)]) - z[g]) * s[g];
+      }
+  });
   return w;
 }
 

@@ -1,8 +1,10 @@
 #include "quant/rtn.h"
 
+#include <atomic>
 #include <limits>
 
 #include "core/dtype.h"
+#include "core/parallel.h"
 
 namespace qforge::quant {
 namespace {
@@ -22,11 +24,19 @@ float round_to_fp16(float x) {
 
 Status check_finite(const float* M, int64_t rows, int64_t cols, std::string_view name,
                     std::string_view what) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = M[r * cols + c];
-      if (!std::isfinite(v)) return error("{}: {}[{}, {}] is {}", name, what, r, c, v);
-    }
+  // The first non-finite entry in row-major order: each chunk finds its own first, the lowest wins.
+  std::atomic<int64_t> first{rows * cols};
+  parallel_rows(rows, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * cols; i < r1 * cols; ++i)
+      if (!std::isfinite(M[i])) {
+        int64_t cur = first.load();
+        while (i < cur && !first.compare_exchange_weak(cur, i)) {
+        }
+        return;
+      }
+  });
+  const int64_t i = first.load();
+  if (i < rows * cols) return error("{}: {}[{}, {}] is {}", name, what, i / cols, i % cols, M[i]);
   return Status::ok();
 }
 

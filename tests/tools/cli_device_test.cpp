@@ -37,14 +37,14 @@ TEST(CliDevice, QuantizeOnCudaWithoutAGpuFailsNamingTheLayerAndWritesNothing) {
   const std::string model = testing::default_model_path();
   QF_REQUIRE_MODEL(model);
   testing::TempDir d;
-  for (const char* method : {"gptq", "awq-gptq"})
+  for (const char* method : {"rtn", "gptq", "awq", "awq-gptq"})
     for (const char* format : {"hf", "gptq"}) {
       const std::string out = d.file(std::string("out-") + method + "-" + format);
       auto r = run_qforge("quantize --model " + model + " --method " + method + " --group-size 64 --calib " +
                           testing::data_dir() + "/brown-corpus.txt --calib-samples 2 --calib-seqlen 16 --format " +
                           format + " --device cuda --out " + out);
       EXPECT_EQ(r.code, 1) << r.output;
-      EXPECT_NE(r.output.find("model.layers.0.self_attn.q_proj: GPTQ on CUDA"), std::string::npos) << r.output;
+      EXPECT_NE(r.output.find("model.layers.0.self_attn.q_proj: quantization on CUDA"), std::string::npos) << r.output;
       EXPECT_NE(r.output.find(quant::cuda_gptq_compiled() ? "no usable CUDA device" : "this build has no CUDA"),
                 std::string::npos)
           << r.output;
@@ -53,18 +53,14 @@ TEST(CliDevice, QuantizeOnCudaWithoutAGpuFailsNamingTheLayerAndWritesNothing) {
     }
 }
 
-TEST(CliDevice, QuantizeOnCudaRefusesMethodsWithoutAGpuStep) {
-  // RTN and AWQ have no GPU backend yet: refused up front rather than silently run on the CPU.
+TEST(CliDevice, QuantizeRefusesUnknownDevicesAndGemmPrecisions) {
   testing::TempDir d;
-  const std::string existing = QFORGE_BINARY;  // the check comes before the model is read
-  for (const char* method : {"rtn", "awq"}) {
-    auto r = run_qforge(std::string("quantize --model ") + existing + " --method " + method + " --device cuda --out " +
-                        d.file("out"));
-    EXPECT_EQ(r.code, 1) << r.output;
-    EXPECT_NE(r.output.find("--device cuda"), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find(std::string("--method ") + method), std::string::npos) << r.output;
-    EXPECT_FALSE(std::filesystem::exists(d.file("out")));
-  }
+  const std::string existing = QFORGE_BINARY;  // the checks come before the model is read
+  auto gemm = run_qforge(std::string("quantize --model ") + existing + " --device cuda --gpu-gemm fp8 --out " +
+                         d.file("out"));
+  EXPECT_NE(gemm.code, 0);
+  EXPECT_NE(gemm.output.find("fp8"), std::string::npos) << gemm.output;
+  EXPECT_FALSE(std::filesystem::exists(d.file("out")));
   auto bad = run_qforge(std::string("quantize --model ") + existing + " --device tpu --out " + d.file("out"));
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("tpu"), std::string::npos) << bad.output;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
@@ -117,5 +118,43 @@ CudaStatus launch_gptq_sweep(const float* Wp, int64_t out, int64_t in, int64_t b
 // Error keys: (begin << 42) | (row << 21) | (column - begin); in, out < 2^21.
 inline constexpr int kGptqKeyShift = 21;
 inline constexpr int64_t kGptqMaxDim = int64_t(1) << kGptqKeyShift;
+
+// quant::quant_group_params from the group's min and max (rtn.cpp), in the same f32 operations.
+// Returns false when the scale overflows fp16. Shared by the GPTQ sweep and the AWQ kernels.
+__device__ __forceinline__ bool grid_from_range(float wmin, float wmax, int maxq_i, bool sym, bool awq, float* scale,
+                                                float* zero) {
+  const float maxq = float(maxq_i);
+  const float half = float((maxq_i + 1) / 2);  // 2^(b-1)
+  constexpr float kAwqMinRange = 1e-5f;
+  float raw = 0.0f, xmin = 0.0f;
+  if (!awq) {
+    float xmax = fmaxf(wmax, 0.0f);
+    xmin = fminf(wmin, 0.0f);
+    if (sym) {
+      xmax = fmaxf(-xmin, xmax);
+      xmin = -xmax;
+    }
+    if (xmin == 0.0f && xmax == 0.0f) xmin = -1.0f, xmax = 1.0f;
+    raw = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
+  } else if (sym) {
+    raw = __fdiv_rn(fmaxf(fmaxf(-wmin, wmax), kAwqMinRange), half - 1.0f);
+  } else {
+    raw = __fdiv_rn(fmaxf(__fsub_rn(wmax, wmin), kAwqMinRange), maxq);
+  }
+  float s = __half2float(__float2half_rn(raw));  // round to nearest even, overflow to inf: as f32_to_fp16
+  if (isinf(s)) return false;
+  if (s == 0.0f) s = 5.9604644775390625e-8f;  // 2^-24, the smallest fp16 subnormal
+  float z;
+  if (sym) {
+    z = half;
+  } else if (!awq) {
+    z = fminf(fmaxf(rintf(__fdiv_rn(-xmin, s)), 0.0f), maxq) + 0.0f;
+  } else {
+    z = fminf(fmaxf(-rintf(__fdiv_rn(wmin, s)), 0.0f), maxq) + 0.0f;
+  }
+  *scale = s;
+  *zero = z;
+  return true;
+}
 
 }  // namespace qforge::cuda::gptq_detail

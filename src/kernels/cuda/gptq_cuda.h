@@ -94,7 +94,9 @@ class GptqDevice {
   std::unique_ptr<Impl> impl_;
 };
 
-enum class HessianInput { kF32, kF16, kBF16 };
+// kF32AsBF16: f32 inputs rounded to bf16 (nearest even) on the device first, then the bf16 path: for
+// activations that the forward feeds to its linears in bf16 anyway (a bf16 GEMM forward).
+enum class HessianInput { kF32, kF16, kBF16, kF32AsBF16 };
 
 // H [in, in] f32 on the device, the running mean of quant::HessianAccumulator:
 //   H = n/(n+T) H + 2/(n+T) X^T X,  n += T.
@@ -117,6 +119,9 @@ class HessianDevice {
   int64_t samples() const;
   int64_t in() const;
   void* stream() const;
+  // Runs add / download on `stream` (a cudaStream_t of the same device; nullptr: back to the object's own),
+  // so a producer on that stream needs no synchronisation.
+  CudaStatus set_stream(void* stream);
 
  private:
   HessianDevice();

@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -33,14 +34,22 @@ __global__ void mirror_upper_kernel(float* __restrict__ H, int64_t n) {
   }
 }
 
+// dst[i] = bf16(src[i]), round to nearest even.
+__global__ void f32_to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
 }  // namespace
 
 struct HessianDevice::Impl {
   int device = 0;
   int64_t in = 0, n = 0;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;  // own
+  cudaStream_t work = nullptr;    // where the work goes: `stream`, or the caller's (set_stream)
   cublasHandle_t blas = nullptr;
   DeviceBuffer h;  // [in, in] f32
+  DeviceBuffer x16;  // kF32AsBF16: the bf16 copy of the input
   ~Impl() {
     if (blas) cublasDestroy(blas);
     if (stream) cudaStreamDestroy(stream);
@@ -59,6 +68,7 @@ CudaStatus HessianDevice::create(int device, int64_t in, std::unique_ptr<Hessian
   m.in = in;
   GPTQ_TRY(gptq_detail::select_device(device, nullptr));
   GPTQ_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.work = m.stream;
   GPTQ_CUBLAS_CHECK(cublasCreate(&m.blas));
   GPTQ_CUBLAS_CHECK(cublasSetStream(m.blas, m.stream));
   GPTQ_CUBLAS_CHECK(cublasSetMathMode(m.blas, CUBLAS_DEFAULT_MATH));  // f32 inputs: true f32, no TF32
@@ -85,6 +95,15 @@ CudaStatus HessianDevice::add(const void* x, int64_t T, HessianInput dtype) {
   float* H = m.h.as<float>();
   // Row-major x [T, in] is column-major M = x^T [in, T]; H = alpha M M^T + beta H. Column-major lower ==
   // row-major upper, the triangle the CPU computes.
+  if (dtype == HessianInput::kF32AsBF16) {
+    GPTQ_TRY(m.x16.ensure(T * m.in * 2, "the bf16 copy of the Hessian's input [T, in]"));
+    const int64_t n = T * m.in;
+    const unsigned blocks = unsigned(std::min<int64_t>((n + 255) / 256, 65535));
+    f32_to_bf16_kernel<<<blocks, 256, 0, m.work>>>(static_cast<const float*>(x), m.x16.as<__nv_bfloat16>(), n);
+    GPTQ_CUDA_CHECK(cudaGetLastError());
+    x = m.x16.ptr;
+    dtype = HessianInput::kBF16;
+  }
   if (dtype == HessianInput::kF32) {
     GPTQ_CUBLAS_CHECK(cublasSsyrk(m.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, in, t, &alpha,
                                   static_cast<const float*>(x), in, &beta, H, in));
@@ -94,7 +113,7 @@ CudaStatus HessianDevice::add(const void* x, int64_t T, HessianInput dtype) {
                                    in, &beta, H, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   const unsigned tiles = unsigned((m.in + kTile - 1) / kTile);
-  mirror_upper_kernel<<<dim3(tiles, tiles), dim3(kTile, 8), 0, m.stream>>>(H, m.in);
+  mirror_upper_kernel<<<dim3(tiles, tiles), dim3(kTile, 8), 0, m.work>>>(H, m.in);
   GPTQ_CUDA_CHECK(cudaGetLastError());
   m.n = n_new;
   return CudaStatus::ok();
@@ -110,14 +129,21 @@ int64_t HessianDevice::in() const {
   return impl_->in;
 }
 void* HessianDevice::stream() const {
-  return impl_->stream;
+  return impl_->work;
+}
+
+CudaStatus HessianDevice::set_stream(void* stream) {
+  Impl& m = *impl_;
+  m.work = stream ? static_cast<cudaStream_t>(stream) : m.stream;
+  GPTQ_CUBLAS_CHECK(cublasSetStream(m.blas, m.work));
+  return CudaStatus::ok();
 }
 
 CudaStatus HessianDevice::download(float* H) const {
   const Impl& m = *impl_;
   GPTQ_CUDA_CHECK(cudaSetDevice(m.device));
-  GPTQ_CUDA_CHECK(cudaMemcpyAsync(H, m.h.ptr, size_t(m.in * m.in) * 4, cudaMemcpyDeviceToHost, m.stream));
-  GPTQ_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  GPTQ_CUDA_CHECK(cudaMemcpyAsync(H, m.h.ptr, size_t(m.in * m.in) * 4, cudaMemcpyDeviceToHost, m.work));
+  GPTQ_CUDA_CHECK(cudaStreamSynchronize(m.work));
   return CudaStatus::ok();
 }
 

@@ -26,43 +26,6 @@ struct DevRule {
   bool awq;
 };
 
-// quant::quant_group_params from the group's min and max (rtn.cpp), in the same f32 operations.
-// Returns false when the scale overflows fp16.
-__device__ bool grid_from_range(float wmin, float wmax, const DevRule& rule, float* scale, float* zero) {
-  const float maxq = float(rule.maxq);
-  const float half = float((rule.maxq + 1) / 2);  // 2^(b-1)
-  constexpr float kAwqMinRange = 1e-5f;
-  float raw = 0.0f, xmin = 0.0f;
-  if (!rule.awq) {
-    float xmax = fmaxf(wmax, 0.0f);
-    xmin = fminf(wmin, 0.0f);
-    if (rule.sym) {
-      xmax = fmaxf(-xmin, xmax);
-      xmin = -xmax;
-    }
-    if (xmin == 0.0f && xmax == 0.0f) xmin = -1.0f, xmax = 1.0f;
-    raw = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
-  } else if (rule.sym) {
-    raw = __fdiv_rn(fmaxf(fmaxf(-wmin, wmax), kAwqMinRange), half - 1.0f);
-  } else {
-    raw = __fdiv_rn(fmaxf(__fsub_rn(wmax, wmin), kAwqMinRange), maxq);
-  }
-  float s = __half2float(__float2half_rn(raw));  // round to nearest even, overflow to inf: as f32_to_fp16
-  if (isinf(s)) return false;
-  if (s == 0.0f) s = 5.9604644775390625e-8f;  // 2^-24, the smallest fp16 subnormal
-  float z;
-  if (rule.sym) {
-    z = half;
-  } else if (!rule.awq) {
-    z = fminf(fmaxf(rintf(__fdiv_rn(-xmin, s)), 0.0f), maxq) + 0.0f;
-  } else {
-    z = fminf(fmaxf(-rintf(__fdiv_rn(wmin, s)), 0.0f), maxq) + 0.0f;
-  }
-  *scale = s;
-  *zero = z;
-  return true;
-}
-
 template <int NS>
 __global__ void __launch_bounds__(kSweepWarps * 32)
     gptq_sweep_kernel(const float* __restrict__ Wp,  // [out, in] block-start state
@@ -108,7 +71,7 @@ __global__ void __launch_bounds__(kSweepWarps * 32)
       mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, o));
     }
     float s, z;
-    if (!grid_from_range(mn, mx, rule, &s, &z)) {
+    if (!grid_from_range(mn, mx, rule.maxq, rule.sym, rule.awq, &s, &z)) {
       if (lane == 0)
         atomicMin(err_key, (static_cast<unsigned long long>(begin) << (2 * kGptqKeyShift)) |
                                (static_cast<unsigned long long>(r) << kGptqKeyShift) |

@@ -1,0 +1,606 @@
+#include "quant/cuda/layer_ops_cuda.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <cstring>
+#include <cstdlib>
+#include <string_view>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/parallel.h"
+#include "model/layer_spec.h"
+
+#if QFORGE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/awq_cuda.h"
+#include "kernels/cuda/gptq_cuda.h"
+#include "kernels/cuda/llama_layer_cuda.h"
+#endif
+
+namespace qforge::quant {
+
+const char* gpu_gemm_name(GpuGemm g) {
+  switch (g) {
+    case GpuGemm::kF32: return "f32";
+    case GpuGemm::kTF32: return "tf32";
+    case GpuGemm::kBF16: return "bf16";
+  }
+  return "?";
+}
+
+int64_t cuda_pipeline_bytes(const ModelConfig& c, int64_t windows, int64_t seqlen, GpuGemm gemm, bool awq,
+                            bool gptq) {
+  const int64_t rows = windows * seqlen, H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(),
+                KV = c.kv_dim();
+  const int64_t layer_weights = 2 * H + Q * H + 2 * KV * H + H * Q + 3 * I * H;
+  const int64_t widest = std::max({H, Q, I});
+  // Without calibration (RTN) only the error statistics use the GPU: a weight, its quantized copy, scratch.
+  if (windows == 0 || seqlen == 0) return widest * std::max(H, I) * 4 * 4;
+  int64_t bytes = rows * H * 4;                                   // the activations
+  bytes += layer_weights * (gemm == GpuGemm::kBF16 ? 6 : 4);      // f32 (+ bf16) weights
+  // The engine's workspace per window (llama_layer_cuda.h): ~ scores + a few [L, width] buffers, at most
+  // kLayerWorkspaceBudget (8 GiB) unless one window needs more.
+  const int64_t per_window = c.num_attention_heads * seqlen * seqlen * 4 +
+                             seqlen * (std::max(H, Q) + std::max(Q + 2 * KV, 2 * I) + Q + 2 * KV + H) * 4 +
+                             seqlen * std::max({H, Q, I}) * 2;
+  const int64_t chunk = std::max<int64_t>(1, std::min(windows, std::max<int64_t>(1, 16384 / seqlen)));
+  bytes += std::max(per_window, std::min(chunk * per_window, int64_t(8) << 30));
+  if (awq) {
+    bytes += rows * (H + Q + H + I) * 4;  // every slot's kept input
+    bytes += 2 * rows * H * 4;            // the search's reference and candidate outputs
+    bytes += 3 * widest * H * 4 * 2;      // a group's weights and their fake-quantized copies
+  }
+  if (gptq) {
+    bytes += widest * widest * 4;              // the Hessian
+    bytes += widest * widest * 8 * 2;          // GPTQ's f64 factorization
+    bytes += widest * std::max(H, I) * 4 * 3;  // GPTQ's working W, Err, codes
+  }
+  return bytes;
+}
+
+#if QFORGE_HAVE_CUDA
+namespace {
+
+Status from_cuda(const cuda::CudaStatus& s) { return s.is_ok() ? Status::ok() : Status::error(s.message()); }
+
+#define QF_CUDA_RT(call, what)                                                                     \
+  do {                                                                                             \
+    const cudaError_t e_ = (call);                                                                 \
+    if (e_ != cudaSuccess) return error("{}: {} ({})", what, cudaGetErrorString(e_), #call);       \
+  } while (0)
+
+std::string mib(int64_t b) { return fmt::format("{:.0f} MiB", double(b) / (1 << 20)); }
+
+// QFORGE_GPU_TRACE=1: every backend call prints its wall time to stderr, its stream drained first (profiling
+// only: the drain serialises host and GPU).
+bool trace_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("QFORGE_GPU_TRACE");
+    return e && *e && std::string_view(e) != "0";
+  }();
+  return on;
+}
+struct OpTrace {
+  std::string what;
+  void* stream;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  OpTrace(std::string w, void* s) : what(std::move(w)), stream(s) {}
+  ~OpTrace() {
+    if (!trace_on()) return;
+    if (stream) cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+    fmt::print(stderr, "[gpu] {:<28} {:9.2f} ms\n", what,
+               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+};
+
+// Device memory owned by the adapter (the kept AWQ inputs, weight copies, scores), allocated on demand.
+struct DevBuf {
+  void* ptr = nullptr;
+  int64_t bytes = 0;
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  ~DevBuf() { release(); }
+  void release() {
+    if (ptr) cudaFree(ptr);
+    ptr = nullptr;
+    bytes = 0;
+  }
+  Status ensure(int64_t want, std::string_view what) {
+    if (want <= bytes) return Status::ok();
+    release();
+    const cudaError_t e = cudaMalloc(&ptr, size_t(want));
+    if (e != cudaSuccess) {
+      ptr = nullptr;
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      return error("cannot allocate {} on the GPU for {}: {} ({} free of {})", mib(want), what,
+                   cudaGetErrorString(e), mib(int64_t(free_b)), mib(int64_t(total_b)));
+    }
+    bytes = want;
+    return Status::ok();
+  }
+  float* f32() const { return static_cast<float*>(ptr); }
+};
+
+// Page-locked host memory: copies from it run at the link's speed and truly asynchronously; from pageable memory
+// the driver stages them through a small bounce buffer at a fraction of that.
+struct PinnedBuf {
+  void* ptr = nullptr;
+  int64_t bytes = 0;
+  PinnedBuf() = default;
+  PinnedBuf(const PinnedBuf&) = delete;
+  PinnedBuf& operator=(const PinnedBuf&) = delete;
+  ~PinnedBuf() {
+    if (ptr) cudaFreeHost(ptr);
+  }
+  Status ensure(int64_t want) {
+    if (want <= bytes) return Status::ok();
+    if (ptr) cudaFreeHost(ptr);
+    ptr = nullptr;
+    bytes = 0;
+    const cudaError_t e = cudaHostAlloc(&ptr, size_t(want), cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      ptr = nullptr;
+      cudaGetLastError();
+      return error("cannot allocate {} of page-locked host memory for uploads: {}", mib(want), cudaGetErrorString(e));
+    }
+    bytes = want;
+    return Status::ok();
+  }
+  float* f32() const { return static_cast<float*>(ptr); }
+};
+
+// dst[0, n) = src[0, n), on all host threads (one thread copies ~5-10 GB/s).
+void parallel_copy(float* dst, const float* src, int64_t n) {
+  parallel_rows(n, int64_t(1) << 20, [&](int64_t a, int64_t b) { std::memcpy(dst + a, src + a, size_t(b - a) * 4); });
+}
+
+Status upload(DevBuf& dst, const float* src, int64_t n, std::string_view what, void* stream) {
+  QF_RETURN_IF_ERROR(dst.ensure(n * 4, what));
+  QF_CUDA_RT(cudaMemcpyAsync(dst.ptr, src, size_t(n) * 4, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
+             fmt::format("upload of {}", what));
+  return Status::ok();
+}
+
+cuda::GptqGridRule grid_rule(const QuantConfig& cfg) {
+  return cuda::GptqGridRule{.bits = cfg.bits, .group_size = cfg.group_size, .sym = cfg.sym,
+                            .awq = cfg.grid == QuantGrid::kAwq};
+}
+
+cuda::LayerGemm engine_gemm(GpuGemm g) {
+  switch (g) {
+    case GpuGemm::kF32: return cuda::LayerGemm::kF32;
+    case GpuGemm::kTF32: return cuda::LayerGemm::kTF32;
+    case GpuGemm::kBF16: return cuda::LayerGemm::kBF16;
+  }
+  return cuda::LayerGemm::kF32;
+}
+
+class CudaLayerOps;
+
+// Scores AWQ scale candidates on the GPU: the group's weights uploaded once, Q(W s) / s per candidate on the
+// device, the block (attention, MLP or the linear) on the kept inputs of the first S windows, the error
+// against the reference output reduced on the device.
+class CudaAwqSearchOps final : public AwqSearchOps {
+ public:
+  CudaAwqSearchOps(const LayerOps& owner, cuda::LlamaLayerDevice& eng, cuda::AwqDevice& awq, LinearInput slot, const float* X,
+                   int64_t C, int64_t windows, int64_t L, std::span<const float* const> weights,
+                   std::span<const int64_t> outs, const QuantConfig& cfg, std::string name)
+      : owner_(owner), eng_(eng), awq_(awq), slot_(slot), X_(X), C_(C), S_(windows), L_(L), host_w_(weights.begin(), weights.end()),
+        outs_(outs.begin(), outs.end()), rule_(grid_rule(cfg)), name_(std::move(name)) {}
+
+  // Uploads the group's weights and sizes the buffers (from reference(): the driver has checked the weights).
+  Status init() {
+    const int64_t H = eng_.dims().hidden;
+    for (size_t i = 0; i < host_w_.size(); ++i) {
+      wdev_[i] = owner_.device_copy(host_w_[i], outs_[i] * C_);
+      if (!wdev_[i]) {
+        QF_RETURN_IF_ERROR(upload(w_[i], host_w_[i], outs_[i] * C_, fmt::format("{}: weight {}", name_, i), eng_.stream()));
+        wdev_[i] = w_[i].f32();
+      }
+      QF_RETURN_IF_ERROR(wq_[i].ensure(outs_[i] * C_ * 4, fmt::format("{}: candidate weight {}", name_, i)));
+    }
+    QF_RETURN_IF_ERROR(s_.ensure(C_ * 4, "AWQ scales"));
+    QF_RETURN_IF_ERROR(y0_.ensure(S_ * L_ * H * 4, fmt::format("{}: reference block output", name_)));
+    QF_RETURN_IF_ERROR(y_.ensure(S_ * L_ * H * 4, fmt::format("{}: candidate block output", name_)));
+    return Status::ok();
+  }
+
+  Status reference() override {
+    OpTrace tr("awq reference " + std::string(linear_input_name(slot_)), eng_.stream());
+    QF_RETURN_IF_ERROR(init());
+    const float* w[3] = {wdev_[0], wdev_[1], wdev_[2]};
+    return block(w, y0_.f32()).with_context(name_ + ": block forward");
+  }
+
+  Expected<double> candidate_error(std::span<const float> s, double alpha) override {
+    OpTrace tr("awq candidate " + std::string(linear_input_name(slot_)), eng_.stream());
+    QF_CUDA_RT(cudaMemcpyAsync(s_.ptr, s.data(), s.size() * 4, cudaMemcpyHostToDevice,
+                               static_cast<cudaStream_t>(eng_.stream())),
+               name_ + ": scales upload");
+    const float* w[3] = {nullptr, nullptr, nullptr};
+    for (size_t i = 0; i < host_w_.size(); ++i) {
+      const cuda::CudaStatus st =
+          awq_.fake_quantize_scaled(wdev_[i], outs_[i], C_, s_.f32(), rule_, wq_[i].f32(), eng_.stream());
+      if (!st) return error("{}: linear {} at alpha {}: {}", name_, i, alpha, st.message());
+      w[i] = wq_[i].f32();
+    }
+    QF_RETURN_IF_ERROR(block(w, y_.f32()).with_context(fmt::format("{}: block forward at alpha {}", name_, alpha)));
+    double err = 0;
+    const int64_t n = S_ * L_ * eng_.dims().hidden;
+    QF_RETURN_IF_ERROR(from_cuda(awq_.mean_squared_diff(y0_.f32(), y_.f32(), n, &err, eng_.stream()))
+                           .with_context(name_ + ": block error"));
+    return err;
+  }
+
+ private:
+  Status block(const float* const* w, float* out) {
+    const int64_t rows = S_ * L_, H = eng_.dims().hidden;
+    switch (slot_) {
+      case LinearInput::kQKV:
+        return from_cuda(eng_.attention_module(X_, S_, w[0], w[1], w[2], nullptr, out));
+      case LinearInput::kGateUp:
+        return from_cuda(eng_.mlp_module(X_, rows, w[0], w[1], nullptr, out));
+      case LinearInput::kO:
+      case LinearInput::kDown:
+        return from_cuda(eng_.linear(X_, rows, C_, w[0], H, out));
+    }
+    return error("unknown input slot");
+  }
+
+  const LayerOps& owner_;  // for device_copy
+  cuda::LlamaLayerDevice& eng_;
+  cuda::AwqDevice& awq_;
+  LinearInput slot_;
+  const float* X_;  // device [N * L, C]: only the first S windows are read
+  int64_t C_, S_, L_;
+  std::vector<const float*> host_w_;
+  std::vector<int64_t> outs_;
+  cuda::GptqGridRule rule_;
+  std::string name_;
+  const float* wdev_[3] = {};      // the group's weights on the device: the engine's copies, or w_
+  DevBuf w_[3], wq_[3], s_, y0_, y_;
+};
+
+class CudaLayerOps final : public LayerOps {
+ public:
+  CudaLayerOps(const LlamaModel& model, int device, GpuGemm gemm, std::unique_ptr<cuda::AwqDevice> awq)
+      : model_(model), device_(device), gemm_(gemm), awq_(std::move(awq)) {}
+
+  std::string name() const override { return fmt::format("{} ({} GEMMs)", awq_->name(), gpu_gemm_name(gemm_)); }
+
+  Status set_inputs(Tensor x, int64_t N, int64_t L) override {
+    host_x_ = std::move(x);
+    host_valid_ = true;
+    if (host_x_.empty()) N = 0, L = 0;  // RTN without calibration: no forward at all
+    N_ = N;
+    L_ = L;
+    if (N == 0) return Status::ok();
+    const ModelConfig& c = model_.config();
+    const cuda::LlamaLayerDims dims{.hidden = c.hidden_size, .intermediate = c.intermediate_size,
+                                    .n_heads = c.num_attention_heads, .n_kv_heads = c.num_key_value_heads,
+                                    .head_dim = c.head_dim, .rms_eps = float(c.rms_norm_eps),
+                                    .attention_bias = c.attention_bias};
+    std::vector<float> cos, sin;
+    model_.rope_tables(0, L, cos, sin);
+    QF_RETURN_IF_ERROR(from_cuda(cuda::LlamaLayerDevice::create(device_, dims, engine_gemm(gemm_), N, L, cos.data(),
+                                                                sin.data(), &eng_))
+                           .with_context("the GPU decoder layer"));
+    return from_cuda(eng_->set_inputs(host_x_.f32())).with_context("calibration activations to the GPU");
+  }
+
+  Expected<const Tensor*> host_inputs() override {
+    if (!host_valid_) {
+      QF_RETURN_IF_ERROR(from_cuda(eng_->get_inputs(host_x_.f32())).with_context("activations from the GPU"));
+      host_valid_ = true;
+    }
+    return &host_x_;
+  }
+
+  Status input_rows(int64_t rows, float* dst) override {
+    OpTrace tr("input_rows", stream());
+    const int64_t n = rows * model_.config().hidden_size;
+    if (host_valid_) {
+      std::copy(host_x_.f32(), host_x_.f32() + n, dst);
+      return Status::ok();
+    }
+    cudaStream_t st = static_cast<cudaStream_t>(eng_->stream());
+    QF_CUDA_RT(cudaMemcpyAsync(dst, eng_->inputs_dev(), size_t(n) * 4, cudaMemcpyDeviceToHost, st), "activations");
+    QF_CUDA_RT(cudaStreamSynchronize(st), "activations");
+    return Status::ok();
+  }
+
+  Status load_layer(int l) override {
+    layer_ = l;
+    if (!eng_) return Status::ok();
+    OpTrace tr("load_layer", stream());
+    cuda::LayerWeightsHost hw;
+    QF_RETURN_IF_ERROR(stage_layer(l, std::nullopt, &hw));
+    return from_cuda(eng_->set_weights(hw)).with_context(fmt::format("model.layers.{}: weights to the GPU", l));
+  }
+
+  Status load_linears(int l, LinearInput slot) override {
+    if (!eng_) return Status::ok();
+    OpTrace tr(std::string("load_linears ") + linear_input_name(slot), stream());
+    cuda::LayerWeightsHost hw;
+    QF_RETURN_IF_ERROR(stage_layer(l, slot, &hw));
+    return from_cuda(eng_->update_linears(cuda::LayerSlot(int(slot)), hw))
+        .with_context(fmt::format("model.layers.{}: {} weights to the GPU", l, linear_input_name(slot)));
+  }
+
+  Status hessian(int, LinearInput slot, const std::string& name, Tensor* H) override {
+    QF_RETURN_IF_ERROR(need_engine(name));
+    OpTrace tr(std::string("hessian ") + linear_input_name(slot), stream());
+    const int64_t in = slot_width(slot);
+    std::unique_ptr<cuda::HessianDevice> hess;
+    QF_RETURN_IF_ERROR(from_cuda(cuda::HessianDevice::create(device_, in, &hess)).with_context(name));
+    QF_RETURN_IF_ERROR(from_cuda(hess->set_stream(eng_->stream())).with_context(name));
+    const cuda::HessianInput dtype =
+        gemm_ == GpuGemm::kBF16 ? cuda::HessianInput::kF32AsBF16 : cuda::HessianInput::kF32;
+    const auto target = cuda::LayerSlot(int(slot));
+    QF_RETURN_IF_ERROR(from_cuda(eng_->forward(
+                                     [&](cuda::LayerSlot s, const float* x, int64_t, int64_t rows, int64_t) {
+                                       return s == target ? hess->add(x, rows, dtype) : cuda::CudaStatus::ok();
+                                     },
+                                     int(slot), false))
+                           .with_context(name));
+    // Through the staging buffer: page-locked, then spread over the host threads.
+    cudaStream_t st = static_cast<cudaStream_t>(stream());
+    QF_RETURN_IF_ERROR(pinned_.ensure(in * in * 4));
+    QF_CUDA_RT(cudaMemcpyAsync(pinned_.ptr, hess->H(), size_t(in * in) * 4, cudaMemcpyDeviceToHost, st),
+               name + ": Hessian from the GPU");
+    *H = Tensor(DType::kF32, {in, in});
+    QF_CUDA_RT(cudaStreamSynchronize(st), name + ": Hessian from the GPU");
+    parallel_copy(H->f32(), pinned_.f32(), in * in);
+    // Kept for linear_errors of the linears this H serves, recognised by the host copy's address and shape.
+    hess_ = std::move(hess);
+    hess_host_ = H->f32();
+    return Status::ok();
+  }
+
+  Status awq_capture(int, const std::string& name, SlotMeans* means) override {
+    QF_RETURN_IF_ERROR(need_engine(name));
+    OpTrace tr("awq_capture", stream());
+    const int64_t rows = N_ * L_;
+    std::unique_ptr<cuda::AwqAbsSum> sums[4];
+    for (LinearInput slot : kLlamaInputOrder) {
+      const int64_t w = slot_width(slot);
+      QF_RETURN_IF_ERROR(X_[int(slot)].ensure(rows * w * 4, fmt::format("{}{}: kept input [{}, {}] f32", name,
+                                                                         linear_input_name(slot), rows, w)));
+      QF_RETURN_IF_ERROR(from_cuda(cuda::AwqAbsSum::create(w, &sums[int(slot)])).with_context(name));
+    }
+    cudaStream_t st = static_cast<cudaStream_t>(eng_->stream());
+    QF_RETURN_IF_ERROR(from_cuda(eng_->forward(
+                                     [&](cuda::LayerSlot s, const float* x, int64_t row0, int64_t n, int64_t w) {
+                                       const cudaError_t e = cudaMemcpyAsync(X_[int(s)].f32() + row0 * w, x,
+                                                                             size_t(n * w) * 4,
+                                                                             cudaMemcpyDeviceToDevice, st);
+                                       if (e != cudaSuccess)
+                                         return cuda::CudaStatus::error(std::string("keeping an input: ") +
+                                                                        cudaGetErrorString(e));
+                                       return sums[int(s)]->add(x, n, st);
+                                     },
+                                     -1, false))
+                           .with_context(name));
+    for (LinearInput slot : kLlamaInputOrder) {
+      const int64_t w = slot_width(slot);
+      std::vector<float>& m = (*means)[size_t(slot)];
+      m.resize(size_t(w));
+      int64_t bad = -1;
+      QF_RETURN_IF_ERROR(from_cuda(sums[int(slot)]->finalize(m.data(), &bad, st)).with_context(name));
+      if (bad >= 0)
+        return error("{}{}: calibration input[{}, {}] is not finite", name, linear_input_name(slot), bad / w,
+                     bad % w);
+    }
+    return Status::ok();
+  }
+
+  Expected<std::unique_ptr<AwqSearchOps>> awq_search(int, LinearInput slot, std::span<const float* const> weights,
+                                                     std::span<const int64_t> outs, int64_t windows,
+                                                     const QuantConfig& cfg, const std::string& name) override {
+    QF_RETURN_IF_ERROR(need_engine(name));
+    if (!X_[int(slot)].ptr) return error("{}: AWQ search before the inputs were captured", name);
+    if (weights.size() > 3) return error("{}: {} linears in one AWQ group; the GPU scorer takes 1-3", name, weights.size());
+    return std::unique_ptr<AwqSearchOps>(std::make_unique<CudaAwqSearchOps>(
+        *this, *eng_, *awq_, slot, X_[int(slot)].f32(), slot_width(slot), windows, L_, weights, outs, cfg, name));
+  }
+
+  Status awq_scale_inputs(LinearInput slot, std::span<const float> s) override {
+    OpTrace tr(std::string("awq_scale_inputs ") + linear_input_name(slot), stream());
+    const int64_t C = slot_width(slot);
+    QF_RETURN_IF_ERROR(upload(scales_, s.data(), C, "AWQ scales", eng_->stream()));
+    return from_cuda(cuda::awq_scale_columns_device(X_[int(slot)].f32(), N_ * L_, C, scales_.f32(), eng_->stream()));
+  }
+
+  Expected<Tensor> awq_clip(LinearInput slot, const float* W, int64_t out, int64_t C, const QuantConfig& cfg,
+                            const AwqOptions& opt, const std::string& name) override {
+    OpTrace tr(std::string("awq_clip ") + linear_input_name(slot), stream());
+    QF_RETURN_IF_ERROR(validate_quant_config(cfg, C, name));
+    QF_RETURN_IF_ERROR(upload_staged(wbuf_, W, out * C, name + ": weight"));
+    const int64_t ng = quant_n_groups(cfg, C);
+    Tensor max_val(DType::kF32, {out, ng});
+    const cuda::AwqClipOptions co{.n_grid = opt.n_grid, .max_shrink = opt.max_shrink,
+                                  .clip_sample_tokens = opt.clip_sample_tokens,
+                                  .clip_batch_rows = opt.clip_batch_rows};
+    QF_RETURN_IF_ERROR(from_cuda(awq_->search_clip(wbuf_.f32(), out, C, X_[int(slot)].f32(), N_ * L_, grid_rule(cfg),
+                                                   co, max_val.f32(), nullptr, eng_->stream()))
+                           .with_context(name));
+    return max_val;
+  }
+
+  void awq_release() override {
+    for (DevBuf& b : X_) b.release();
+  }
+
+  Status linear_errors(const float* W, const Tensor& Q, const Tensor* H, double* weight_mse,
+                       double* output_error) override {
+    OpTrace tr("linear_errors", stream());
+    const int64_t out = Q.shape()[0], in = Q.shape()[1];
+    void* st = stream();
+    const float* Wd = device_copy(W, out * in);
+    if (!Wd) {
+      QF_RETURN_IF_ERROR(upload(wbuf_, W, out * in, "weight", st));
+      Wd = wbuf_.f32();
+    }
+    QF_RETURN_IF_ERROR(upload_staged(qbuf_, Q.f32(), out * in, "quantized weight"));
+    const float* Hd = nullptr;
+    if (H && (Hd = device_copy(H->f32(), in * in)) != nullptr) {
+      // the device original of this host copy (hessian() above)
+    } else if (H) {
+      QF_RETURN_IF_ERROR(upload(hbuf_, H->f32(), in * in, "Hessian", st));
+      Hd = hbuf_.f32();
+    }
+    return from_cuda(awq_->quant_errors(Wd, qbuf_.f32(), Hd, out, in, weight_mse, output_error, st));
+  }
+
+  const float* device_copy(const float* host, int64_t n) const override {
+    if (!host || n <= 0) return nullptr;
+    if (hess_ && host == hess_host_ && n == hess_->in() * hess_->in() && same_samples(host, hess_->H(), n))
+      return hess_->H();
+    if (!eng_ || layer_ < 0) return nullptr;
+    const LayerWeights& lw = model_.weights().layers[size_t(layer_)];
+    for (size_t i = 0; i < kLlamaLinears.size(); ++i) {
+      const Tensor& t = lw.*kLlamaLinears[i].weight;
+      if (!t.empty() && t.f32() == host && t.numel() == n) {
+        const float* d = eng_->linear_dev(int(i));
+        return d && same_samples(host, d, n) ? d : nullptr;
+      }
+    }
+    return nullptr;
+  }
+
+  Status advance(int l) override {
+    QF_RETURN_IF_ERROR(need_engine(fmt::format("model.layers.{}", l)));
+    OpTrace tr("advance", stream());
+    host_valid_ = false;
+    return from_cuda(eng_->forward(nullptr, -1, true)).with_context(fmt::format("model.layers.{}: forward", l));
+  }
+
+ private:
+  void* stream() const { return eng_ ? eng_->stream() : nullptr; }
+
+  // Copies layer l's tensors (all, or only the linears reading `only`) into the page-locked staging buffer and
+  // points *hw at the copies (the others at the model's own memory, which the engine then does not read).
+  Status stage_layer(int l, std::optional<LinearInput> only, cuda::LayerWeightsHost* hw) {
+    const LayerWeights& w = model_.weights().layers[size_t(l)];
+    const Tensor* parts[] = {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.bq, &w.bk, &w.bv,
+                             &w.mlp_norm, &w.w_gate, &w.w_up, &w.w_down};
+    const float** dst[] = {&hw->attn_norm, &hw->wq, &hw->wk, &hw->wv, &hw->wo, &hw->bq, &hw->bk, &hw->bv,
+                           &hw->mlp_norm, &hw->w_gate, &hw->w_up, &hw->w_down};
+    auto wanted = [&](const Tensor* t) {
+      if (!only) return true;
+      for (const LinearSpec& sp : kLlamaLinears)
+        if (sp.input == *only && &(w.*sp.weight) == t) return true;
+      return false;
+    };
+    int64_t total = 0;
+    for (const Tensor* t : parts)
+      if (!t->empty() && wanted(t)) total += t->numel();
+    if (cudaStream_t st = static_cast<cudaStream_t>(stream())) cudaStreamSynchronize(st);  // staging is free again
+    QF_RETURN_IF_ERROR(pinned_.ensure(total * 4));
+    int64_t at = 0;
+    for (size_t i = 0; i < std::size(parts); ++i) {
+      const Tensor* t = parts[i];
+      *dst[i] = t->empty() ? nullptr : t->f32();
+      if (t->empty() || !wanted(t)) continue;
+      parallel_copy(pinned_.f32() + at, t->f32(), t->numel());
+      *dst[i] = pinned_.f32() + at;
+      at += t->numel();
+    }
+    return Status::ok();
+  }
+
+  // An upload through the staging buffer (waits for the stream first: the buffer may still be read).
+  Status upload_staged(DevBuf& dstb, const float* src, int64_t n, std::string_view what) {
+    QF_RETURN_IF_ERROR(dstb.ensure(n * 4, what));
+    cudaStream_t st = static_cast<cudaStream_t>(stream());
+    if (st) cudaStreamSynchronize(st);
+    QF_RETURN_IF_ERROR(pinned_.ensure(n * 4));
+    parallel_copy(pinned_.f32(), src, n);
+    QF_CUDA_RT(cudaMemcpyAsync(dstb.ptr, pinned_.ptr, size_t(n) * 4, cudaMemcpyHostToDevice, st),
+               fmt::format("upload of {}", what));
+    return Status::ok();
+  }
+  // Three samples of a host array against a device array believed to hold the same values: a guard against a
+  // host array changed in place since it was copied, or a new one allocated at a freed one's address.
+  bool same_samples(const float* host, const float* dev, int64_t n) const {
+    cudaStream_t st = static_cast<cudaStream_t>(stream());
+    if (st) cudaStreamSynchronize(st);
+    for (const int64_t i : {int64_t(0), n / 2 + n / 7, n - 1}) {
+      float d = 0;
+      if (cudaMemcpy(&d, dev + i, 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+      }
+      if (std::memcmp(&d, host + i, 4) != 0) return false;
+    }
+    return true;
+  }
+  Status need_engine(const std::string& name) const {
+    return eng_ ? Status::ok() : error("{}: no calibration activations on the GPU", name);
+  }
+  int64_t slot_width(LinearInput slot) const {
+    const ModelConfig& c = model_.config();
+    switch (slot) {
+      case LinearInput::kO: return c.q_dim();
+      case LinearInput::kDown: return c.intermediate_size;
+      default: return c.hidden_size;
+    }
+  }
+
+  const LlamaModel& model_;
+  int device_;
+  GpuGemm gemm_;
+  std::unique_ptr<cuda::AwqDevice> awq_;
+  std::unique_ptr<cuda::LlamaLayerDevice> eng_;
+  int64_t N_ = 0, L_ = 0;
+  int layer_ = -1;  // the layer last loaded
+  Tensor host_x_;
+  bool host_valid_ = true;
+  DevBuf X_[4];  // AWQ: every slot's input [N * L, width]
+  std::unique_ptr<cuda::HessianDevice> hess_;  // the last Hessian, on the device
+  const float* hess_host_ = nullptr;            // ... and where its host copy went
+  DevBuf scales_, wbuf_, qbuf_, hbuf_;
+  PinnedBuf pinned_;  // staging for uploads
+};
+
+}  // namespace
+
+Status cuda_device_memory(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  QF_CUDA_RT(cudaSetDevice(device), fmt::format("GPU {}", device));
+  size_t f = 0, t = 0;
+  QF_CUDA_RT(cudaMemGetInfo(&f, &t), fmt::format("GPU {}", device));
+  *free_bytes = int64_t(f);
+  *total_bytes = int64_t(t);
+  return Status::ok();
+}
+
+Expected<std::unique_ptr<LayerOps>> make_cuda_layer_ops(const LlamaModel& model, int device, GpuGemm gemm) {
+  std::unique_ptr<cuda::AwqDevice> awq;
+  const cuda::CudaStatus s = cuda::AwqDevice::create(device, &awq);
+  if (!s) return error("quantization on CUDA: {}", s.message());
+  return std::unique_ptr<LayerOps>(std::make_unique<CudaLayerOps>(model, device, gemm, std::move(awq)));
+}
+
+#else
+
+Status cuda_device_memory(int device, int64_t*, int64_t*) {
+  return error("GPU {}: this build has no CUDA (nvcc was not found at configure time)", device);
+}
+
+Expected<std::unique_ptr<LayerOps>> make_cuda_layer_ops(const LlamaModel&, int device, GpuGemm) {
+  return error("quantization on CUDA (device {}): this build has no CUDA (nvcc was not found at configure time)",
+               device);
+}
+
+#endif
+
+}  // namespace qforge::quant
