@@ -359,11 +359,14 @@ void awq_fold_into_norm(float* gamma, std::span<const float> scales) {
 
 void awq_fold_into_linear_rows(float* W_prev, int64_t in_prev, float* bias_prev,
                                std::span<const float> scales) {
-  for (size_t c = 0; c < scales.size(); ++c) {
-    float* row = W_prev + int64_t(c) * in_prev;
-    for (int64_t k = 0; k < in_prev; ++k) row[k] /= scales[c];
-    if (bias_prev) bias_prev[c] /= scales[c];
-  }
+  parallel_rows(int64_t(scales.size()), std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, in_prev)),
+                [&](int64_t c0, int64_t c1) {
+                  for (int64_t c = c0; c < c1; ++c) {
+                    float* row = W_prev + c * in_prev;
+                    for (int64_t k = 0; k < in_prev; ++k) row[k] /= scales[size_t(c)];
+                    if (bias_prev) bias_prev[c] /= scales[size_t(c)];
+                  }
+                });
 }
 
 Status awq_check_fold_into_linear_rows(int64_t prev_out, int64_t next_in, std::string_view prev_name,

@@ -285,14 +285,20 @@ Expected<GptqResult> gptq_quantize(const float* W, int64_t out, int64_t in, cons
   q.out = out;
   q.in = in;
   q.cfg = cfg;
-  q.qweight.resize(size_t(out * in));
   q.g_idx.resize(static_cast<size_t>(in));
   for (int64_t k = 0; k < in; ++k) q.g_idx[size_t(perm[size_t(k)])] = group_of[size_t(k)];
-  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / in), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t k = 0; k < in; ++k)
-        q.qweight[size_t(r * in + perm[size_t(k)])] = sweep.codes[size_t(r * in + k)];
-  });
+  bool identity = true;
+  for (int64_t k = 0; k < in && identity; ++k) identity = perm[size_t(k)] == k;
+  if (identity) {
+    q.qweight = std::move(sweep.codes);  // processing order is the original order
+  } else {
+    q.qweight.resize(size_t(out * in));
+    parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 18) / in), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t k = 0; k < in; ++k)
+          q.qweight[size_t(r * in + perm[size_t(k)])] = sweep.codes[size_t(r * in + k)];
+    });
+  }
   q.scales = Tensor(DType::kF32, {out, ng});
   q.zeros = Tensor(DType::kF32, {out, ng});
   for (int64_t i = 0; i < out * ng; ++i) {

@@ -8,6 +8,7 @@
 #include <future>
 #include <random>
 
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "core/trace.h"
 #include "model/layer_spec.h"
@@ -410,14 +411,17 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
   if (needs_calib && first > 0) {
     x = std::move(resume->x);
   } else if (needs_calib) {
+    for (const auto& win : calibration)
+      for (const int32_t id : win)
+        if (id < 0 || id >= cfg.vocab_size) return error("calibration token id {} outside the vocabulary", id);
     x = Tensor(DType::kF32, {N * L, H});
     const float* E = w.embed.f32();
-    for (int64_t s = 0; s < N; ++s)
-      for (int64_t t = 0; t < L; ++t) {
-        const int32_t id = calibration[size_t(s)][size_t(t)];
-        if (id < 0 || id >= cfg.vocab_size) return error("calibration token id {} outside the vocabulary", id);
-        std::copy(E + int64_t(id) * H, E + (int64_t(id) + 1) * H, x.f32() + (s * L + t) * H);
+    parallel_rows(N * L, 1024, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t id = calibration[size_t(r / L)][size_t(r % L)];
+        std::copy(E + id * H, E + (id + 1) * H, x.f32() + r * H);
       }
+    });
   }
   rep.calibration_tokens = needs_calib ? N * L : 0;
   // The backends, once per run and before any layer is touched: no GPU (or no CUDA in this build, or too little

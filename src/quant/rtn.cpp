@@ -98,7 +98,10 @@ Expected<QuantizedLinear> rtn_quantize(const float* W, int64_t out, int64_t in, 
   q.zeros = Tensor(DType::kF32, {out, ng});
   q.g_idx.resize(size_t(in));
   for (int64_t c = 0; c < in; ++c) q.g_idx[size_t(c)] = int32_t(c / gs);
-  for (int64_t r = 0; r < out; ++r)
+  // Rows on all host threads; the error reported is the first failing (row, group) in row-major order, as a
+  // serial loop would find it: each chunk stops at its first failing row, the lowest such row is re-run.
+  std::atomic<int64_t> first_bad{out};
+  auto quantize_row = [&](int64_t r) -> Status {
     for (int64_t g = 0; g < ng; ++g) {
       const float* w = W + r * in + g * gs;
       auto p = quant_group_params(w, gs, cfg);
@@ -108,6 +111,18 @@ Expected<QuantizedLinear> rtn_quantize(const float* W, int64_t out, int64_t in, 
       uint8_t* codes = q.qweight.data() + r * in + g * gs;
       for (int64_t i = 0; i < gs; ++i) codes[i] = quant_code(w[i], *p, maxq);
     }
+    return Status::ok();
+  };
+  parallel_rows(out, std::max<int64_t>(1, (int64_t(1) << 16) / in), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      if (!quantize_row(r).is_ok()) {
+        int64_t cur = first_bad.load();
+        while (r < cur && !first_bad.compare_exchange_weak(cur, r)) {
+        }
+        return;
+      }
+  });
+  if (first_bad.load() < out) QF_RETURN_IF_ERROR(quantize_row(first_bad.load()));
   return q;
 }
 

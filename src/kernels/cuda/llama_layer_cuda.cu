@@ -92,6 +92,9 @@ struct LlamaLayerDevice::Impl {
   DeviceBuffer s2;     // [max(cw * n_heads * L * L, R * I)] f32: scores / P; silu(g) * u
   DeviceBuffer heads;  // [R, QKV] f32 or bf16: q [w, n_heads, L, hd], k and v [w, n_kv, L, hd]
   DeviceBuffer resid;  // [R, H] f32: the residual stream when the inputs are not updated
+  // reserve_kept(): for every row, what a keep = true forward saw (LayerStart): the attention output [rows, Q],
+  // the residual x + o_proj(attn) [rows, H], silu(g) * u [rows, I], all f32.
+  DeviceBuffer keep_attn, keep_res, keep_h;
   DeviceBuffer lin16;  // kBF16 linear(): bf16 x rows, grown on demand
   bool weights_set = false;
 
@@ -307,7 +310,8 @@ struct LlamaLayerDevice::Impl {
     return mark(kNorm);
   }
 
-  CudaStatus run_chunk(const Hook& hook, int64_t w0, int64_t nw, int stop_after, bool update) {
+  CudaStatus run_chunk(const Hook& hook, int64_t w0, int64_t nw, int stop_after, bool update, LayerStart start,
+                       bool keep) {
     const int64_t R = nw * L, row0 = w0 * L;
     float* xc = x.as<float>() + row0 * H;
     float* res = update ? xc : resid.as<float>();
@@ -316,24 +320,42 @@ struct LlamaLayerDevice::Impl {
       GPTQ_TRY(hook(slot, p, row0, R, width));
       return mark(kOther);
     };
+    auto copy = [&](void* dst, const void* src, int64_t floats) -> CudaStatus {
+      GPTQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(floats) * 4, cudaMemcpyDeviceToDevice, stream));
+      return CudaStatus::ok();
+    };
     GPTQ_TRY(mark(kOther));
-    GPTQ_TRY(norm(xc, R, attn_norm));
-    GPTQ_TRY(call(LayerSlot::kQKV, xn.as<float>(), H));
-    if (stop_after == int(LayerSlot::kQKV)) return CudaStatus::ok();
-    GPTQ_TRY(attention_core(bf16_mode() ? act16.ptr : xn.ptr, nw, nullptr, nullptr, nullptr));
-    GPTQ_TRY(call(LayerSlot::kO, xn.as<float>(), Q));
-    if (stop_after == int(LayerSlot::kO)) return CudaStatus::ok();
-    if (!update) {
-      GPTQ_CUDA_CHECK(cudaMemcpyAsync(res, xc, size_t(R * H) * 4, cudaMemcpyDeviceToDevice, stream));
-      GPTQ_TRY(mark(kOther));
+    if (start == LayerStart::kInput) {
+      GPTQ_TRY(norm(xc, R, attn_norm));
+      GPTQ_TRY(call(LayerSlot::kQKV, xn.as<float>(), H));
+      if (stop_after == int(LayerSlot::kQKV)) return CudaStatus::ok();
+      GPTQ_TRY(attention_core(bf16_mode() ? act16.ptr : xn.ptr, nw, nullptr, nullptr, nullptr));
+      if (keep) GPTQ_TRY(copy(keep_attn.as<float>() + row0 * Q, xn.ptr, R * Q));
+      GPTQ_TRY(call(LayerSlot::kO, xn.as<float>(), Q));
+      if (stop_after == int(LayerSlot::kO)) return CudaStatus::ok();
+    } else if (start == LayerStart::kAttentionKept) {
+      GPTQ_TRY(copy(xn.ptr, keep_attn.as<float>() + row0 * Q, R * Q));
+      if (bf16_mode()) GPTQ_TRY(layer_detail::launch_to_bf16(xn.as<float>(), R * Q, act16.as<bf16>(), stream));
     }
-    GPTQ_TRY(o_proj(R, nullptr, res, 1.0f));  // res = x + o_proj(attn)
-    GPTQ_TRY(norm(res, R, mlp_norm));
-    GPTQ_TRY(call(LayerSlot::kGateUp, xn.as<float>(), H));
-    if (stop_after == int(LayerSlot::kGateUp)) return CudaStatus::ok();
-    GPTQ_TRY(gate_up_silu(bf16_mode() ? act16.ptr : xn.ptr, R, nullptr, nullptr));
-    GPTQ_TRY(call(LayerSlot::kDown, s2.as<float>(), I));
-    if (stop_after == int(LayerSlot::kDown)) return CudaStatus::ok();
+    if (start == LayerStart::kInput || start == LayerStart::kAttentionKept) {
+      if (!update) GPTQ_TRY(copy(res, xc, R * H));
+      GPTQ_TRY(o_proj(R, nullptr, res, 1.0f));  // res = x + o_proj(attn)
+      if (keep) GPTQ_TRY(copy(keep_res.as<float>() + row0 * H, res, R * H));
+    } else {
+      GPTQ_TRY(copy(res, keep_res.as<float>() + row0 * H, R * H));
+    }
+    if (start != LayerStart::kDownKept) {
+      GPTQ_TRY(norm(res, R, mlp_norm));
+      GPTQ_TRY(call(LayerSlot::kGateUp, xn.as<float>(), H));
+      if (stop_after == int(LayerSlot::kGateUp)) return CudaStatus::ok();
+      GPTQ_TRY(gate_up_silu(bf16_mode() ? act16.ptr : xn.ptr, R, nullptr, nullptr));
+      if (keep) GPTQ_TRY(copy(keep_h.as<float>() + row0 * I, s2.ptr, R * I));
+      GPTQ_TRY(call(LayerSlot::kDown, s2.as<float>(), I));
+      if (stop_after == int(LayerSlot::kDown)) return CudaStatus::ok();
+    } else {
+      GPTQ_TRY(copy(s2.ptr, keep_h.as<float>() + row0 * I, R * I));
+      if (bf16_mode()) GPTQ_TRY(layer_detail::launch_to_bf16(s2.as<float>(), R * I, act16.as<bf16>(), stream));
+    }
     return down_proj(R, nullptr, res, 1.0f);  // res += down(silu(g) * u)
   }
 
@@ -598,17 +620,52 @@ CudaStatus LlamaLayerDevice::update_linears(LayerSlot slot, const LayerWeightsHo
   return CudaStatus::ok();
 }
 
-CudaStatus LlamaLayerDevice::forward(const Hook& hook, int stop_after, bool update_inputs) {
+CudaStatus LlamaLayerDevice::reserve_kept() {
+  Impl& m = *impl_;
+  GPTQ_TRY(m.enter());
+  const int64_t rows = m.windows * m.L;
+  GPTQ_TRY(m.keep_attn.ensure(rows * m.Q * 4, "the kept attention outputs [rows, q_dim] f32"));
+  if (const CudaStatus st = m.keep_res.ensure(rows * m.H * 4, "the kept residual stream x + o_proj [rows, H] f32");
+      !st) {
+    m.keep_attn.release();
+    return st;
+  }
+  const CudaStatus st = m.keep_h.ensure(rows * m.I * 4, "the kept MLP products silu(g) * u [rows, I] f32");
+  if (!st) {
+    m.keep_attn.release();
+    m.keep_res.release();
+  }
+  return st;
+}
+
+void LlamaLayerDevice::release_kept() {
+  Impl& m = *impl_;
+  (void)m.enter();
+  m.keep_attn.release();
+  m.keep_res.release();
+  m.keep_h.release();
+}
+
+CudaStatus LlamaLayerDevice::forward(const Hook& hook, int stop_after, bool update_inputs, LayerStart start,
+                                     bool keep) {
   Impl& m = *impl_;
   if (stop_after < -1 || stop_after > int(LayerSlot::kDown))
     return CudaStatus::error("forward: stop_after " + str(stop_after) + " is not -1 or a LayerSlot");
   if (stop_after >= 0 && update_inputs)
     return CudaStatus::error("forward: update_inputs needs the whole layer, but stop_after is set");
   if (!m.weights_set) return CudaStatus::error("forward: set_weights was not called");
+  // A start after the input reads what a keep = true forward kept; the slots before the start cannot be hooked.
+  const int first_slot = start == LayerStart::kInput ? 0 : start == LayerStart::kAttentionKept ? 1
+                       : start == LayerStart::kResidualKept ? 2 : 4;
+  if (start != LayerStart::kInput && !m.keep_attn.ptr)
+    return CudaStatus::error("forward: a start after the input needs reserve_kept() and a keep = true forward");
+  if (stop_after >= 0 && stop_after < first_slot)
+    return CudaStatus::error("forward: stop_after " + str(stop_after) + " comes before the start");
+  if (keep && !m.keep_attn.ptr) return CudaStatus::error("forward: keep = true needs reserve_kept()");
   GPTQ_TRY(m.enter());
   for (int64_t w0 = 0; w0 < m.windows; w0 += m.cw) {
     const int64_t nw = std::min(m.cw, m.windows - w0);
-    const CudaStatus run = m.run_chunk(hook, w0, nw, stop_after, update_inputs);
+    const CudaStatus run = m.run_chunk(hook, w0, nw, stop_after, update_inputs, start, keep);
     const CudaStatus st = run ? m.flush_marks() : run;
     if (!st) {
       m.n_marks = 0;

@@ -136,7 +136,21 @@ class LlamaLayerDevice {
   // synchronise stream() before reading their results from the host.
   using Hook =
       std::function<CudaStatus(LayerSlot, const float* x_dev, int64_t row0, int64_t rows, int64_t width)>;
-  CudaStatus forward(const Hook& hook, int stop_after, bool update_inputs);
+  //
+  // Resuming (GPTQ's true-sequential passes, which change one slot's linears between forwards): with keep = true
+  // the forward also saves, for every row, the attention output, the residual x + o_proj(attn) and silu(g) * u
+  // (those it computes; reserve_kept() first), and a later forward may start from them instead of the input:
+  //   kAttentionKept  o_proj onward (the hooks from kGateUp on): valid while x, attn_norm and q/k/v are unchanged
+  //   kResidualKept   the MLP onward (hooks kGateUp, kDown): ... and o_proj unchanged
+  //   kDownKept       down_proj only (no hook): ... and mlp_norm, gate/up unchanged
+  // The caller tracks what it changed; a resumed forward computes exactly what a full one would (the same
+  // kernels on the same values; bf16 copies are re-rounded from the kept f32, as the forward rounds them).
+  enum class LayerStart { kInput, kAttentionKept, kResidualKept, kDownKept };
+  CudaStatus forward(const Hook& hook, int stop_after, bool update_inputs, LayerStart start = LayerStart::kInput,
+                     bool keep = false);
+  // Allocates the kept buffers ((q_dim + H + I) * 4 bytes per row); an out-of-memory error leaves none.
+  CudaStatus reserve_kept();
+  void release_kept();
 
   // Module forwards for AWQ's search with candidate weights: device f32 pointers [out, in] as in
   // LayerWeightsHost, nullptr = the layer's own. Inputs and outputs are device f32; run on stream().

@@ -281,6 +281,7 @@ class CudaLayerOps final : public LayerOps {
     host_x_ = std::move(x);
     host_valid_ = true;
     if (host_x_.empty()) N = 0, L = 0;  // RTN without calibration: no forward at all
+    kept_ = Kept::kNone;
     N_ = N;
     L_ = L;
     if (N == 0) return Status::ok();
@@ -320,6 +321,7 @@ class CudaLayerOps final : public LayerOps {
 
   Status load_layer(int l) override {
     layer_ = l;
+    kept_ = Kept::kNone;
     if (!eng_) return Status::ok();
     OpTrace tr("load_layer", stream());
     cuda::LayerWeightsHost hw;
@@ -330,6 +332,11 @@ class CudaLayerOps final : public LayerOps {
   Status load_linears(int l, LinearInput slot) override {
     if (!eng_) return Status::ok();
     OpTrace tr(std::string("load_linears ") + linear_input_name(slot), stream());
+    // What was kept past this slot's linears is stale now.
+    const Kept valid = slot == LinearInput::kQKV ? Kept::kNone
+                     : slot == LinearInput::kO   ? Kept::kAttention
+                     : slot == LinearInput::kGateUp ? Kept::kResidual : Kept::kMlp;
+    kept_ = std::min(kept_, valid);
     cuda::LayerWeightsHost hw;
     QF_RETURN_IF_ERROR(stage_layer(l, slot, &hw));
     return from_cuda(eng_->update_linears(cuda::LayerSlot(int(slot)), hw))
@@ -346,12 +353,21 @@ class CudaLayerOps final : public LayerOps {
     const cuda::HessianInput dtype =
         gemm_ == GpuGemm::kBF16 ? cuda::HessianInput::kF32AsBF16 : cuda::HessianInput::kF32;
     const auto target = cuda::LayerSlot(int(slot));
+    // GPTQ's slots come in order, each after the previous slot's linears were quantized: start from what the
+    // previous pass kept where nothing it depends on has changed since (load_linears tracks that).
+    using Start = cuda::LlamaLayerDevice::LayerStart;
+    Start start = Start::kInput;
+    if (slot == LinearInput::kGateUp && kept_ >= Kept::kAttention) start = Start::kAttentionKept;
+    if (slot == LinearInput::kDown && kept_ >= Kept::kResidual) start = Start::kResidualKept;
+    const bool keep = slot != LinearInput::kQKV && reserve_kept();
     QF_RETURN_IF_ERROR(from_cuda(eng_->forward(
                                      [&](cuda::LayerSlot s, const float* x, int64_t, int64_t rows, int64_t) {
                                        return s == target ? hess->add(x, rows, dtype) : cuda::CudaStatus::ok();
                                      },
-                                     int(slot), false))
+                                     int(slot), false, start, keep))
                            .with_context(name));
+    if (keep)
+      kept_ = slot == LinearInput::kO ? Kept::kAttention : slot == LinearInput::kGateUp ? Kept::kResidual : Kept::kMlp;
     // Through the staging buffer: page-locked, then spread over the host threads.
     cudaStream_t st = static_cast<cudaStream_t>(stream());
     QF_RETURN_IF_ERROR(pinned_.ensure(in * in * 4));
@@ -369,6 +385,10 @@ class CudaLayerOps final : public LayerOps {
   Status awq_capture(int, const std::string& name, SlotMeans* means) override {
     QF_RETURN_IF_ERROR(need_engine(name));
     OpTrace tr("awq_capture", stream());
+    // AWQ's kept inputs need the memory GPTQ's kept stages use; those are re-made by the next hessian(kO).
+    eng_->release_kept();
+    kept_reserved_ = false;
+    kept_ = Kept::kNone;
     const int64_t rows = N_ * L_;
     std::unique_ptr<cuda::AwqAbsSum> sums[4];
     for (LinearInput slot : kLlamaInputOrder) {
@@ -481,11 +501,23 @@ class CudaLayerOps final : public LayerOps {
     QF_RETURN_IF_ERROR(need_engine(fmt::format("model.layers.{}", l)));
     OpTrace tr("advance", stream());
     host_valid_ = false;
-    return from_cuda(eng_->forward(nullptr, -1, true)).with_context(fmt::format("model.layers.{}: forward", l));
+    using Start = cuda::LlamaLayerDevice::LayerStart;
+    const Start start = kept_ == Kept::kMlp ? Start::kDownKept : Start::kInput;
+    kept_ = Kept::kNone;
+    return from_cuda(eng_->forward(nullptr, -1, true, start)).with_context(fmt::format("model.layers.{}: forward", l));
   }
 
  private:
   void* stream() const { return eng_ ? eng_->stream() : nullptr; }
+
+  // The engine's kept stages, allocated on first use; without the memory the passes recompute from the input.
+  bool reserve_kept() {
+    if (kept_reserved_) return true;
+    if (kept_failed_) return false;
+    if (eng_->reserve_kept()) return kept_reserved_ = true;
+    kept_failed_ = true;
+    return false;
+  }
 
   // Copies layer l's tensors (all, or only the linears reading `only`) into the page-locked staging buffer and
   // points *hw at the copies (the others at the model's own memory, which the engine then does not read).
@@ -563,6 +595,12 @@ class CudaLayerOps final : public LayerOps {
   std::unique_ptr<cuda::LlamaLayerDevice> eng_;
   int64_t N_ = 0, L_ = 0;
   int layer_ = -1;  // the layer last loaded
+  // How far the engine's kept stages (LlamaLayerDevice::LayerStart) are valid for the weights as loaded now:
+  // kAttention: the attention outputs; kResidual: also x + o_proj; kMlp: also silu(g) * u.
+  enum class Kept { kNone, kAttention, kResidual, kMlp };
+  Kept kept_ = Kept::kNone;
+  bool kept_reserved_ = false;
+  bool kept_failed_ = false;  // no memory for them: every pass starts from the input
   Tensor host_x_;
   bool host_valid_ = true;
   DevBuf X_[4];  // AWQ: every slot's input [N * L, width]
