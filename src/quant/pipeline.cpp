@@ -470,12 +470,19 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
   Ctx c{model, opt, rep, *layer_ops, N, L, quantized, gptq_ops.get()};
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
+  // With a GPU backend the host is mostly idle while a layer computes: layer l + 1 is read (from the mapped
+  // checkpoint, converted to f32) on another thread meanwhile, and waited for when its turn comes. The CPU
+  // backend needs the host's cores itself and loads in turn.
+  const bool prefetch = layers && opt.device == Device::kCuda;
+  std::future<Status> next_load;
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
     {
       Timed t{rep.times.load};
-      if (layers) QF_RETURN_IF_ERROR(layers->load(l));
+      if (layers) QF_RETURN_IF_ERROR(next_load.valid() ? next_load.get() : layers->load(l));
       QF_RETURN_IF_ERROR(layer_ops->load_layer(l));
     }
+    if (prefetch && l + 1 < int(cfg.num_hidden_layers))
+      next_load = std::async(std::launch::async, [layers, l] { return layers->load(l + 1); });
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));

@@ -131,7 +131,8 @@ using LayerDoneFn = std::function<Status(int layer, const PipelineReport& so_far
 // kept: its weights are not on the grid).
 // With `layers`, the model's decoder layers are not in memory: the pipeline calls layers->load(l) before it
 // works on layer l and layers->release(l) after on_layer_done(l) (which must have saved what the caller needs,
-// the layer's weights and quantized linears), so one layer is held at a time.
+// the layer's weights and quantized linears), so one layer is held at a time (two with Device::kCuda: there
+// load(l + 1) runs on another thread while layer l is processed, so it must not touch other layers' tensors).
 Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std::vector<int32_t>>& calibration,
                                         const PipelineOptions& opt, QuantizedLinears* quantized = nullptr,
                                         PipelineResume* resume = nullptr, const LayerDoneFn& on_layer_done = nullptr,
