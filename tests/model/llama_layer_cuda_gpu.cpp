@@ -58,10 +58,13 @@
 #include "kernels/cuda/llama_layer_cuda.h"
 #include "model/llama.h"
 #include "ops/ops.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using namespace qforge;
+using qforge::testing::g_failures;
+using qforge::testing::now_s;
 using cuda::CudaStatus;
 using cuda::LayerGemm;
 using cuda::LayerSlot;
@@ -71,25 +74,12 @@ constexpr double kU = 0x1p-24;   // f32 unit roundoff
 constexpr double kSigmas = 8.0;  // standard deviations allowed (see the header)
 constexpr LayerGemm kModes[] = {LayerGemm::kF32, LayerGemm::kTF32, LayerGemm::kBF16};
 
-int g_failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
 #define CHECK_OK(expr)                               \
   do {                                               \
     const CudaStatus st_ = (expr);                   \
     CHECK(st_.is_ok(), "%s", st_.message().c_str()); \
   } while (0)
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 double gamma_n(int64_t n) {
   return double(n) * kU / (1.0 - double(n) * kU);
 }

@@ -37,10 +37,15 @@
 #include "ops/ops.h"
 #include "quant/awq.h"
 #include "quant/rtn.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using namespace qforge;
+using qforge::testing::g_failures;
+using qforge::testing::now_s;
+using qforge::testing::pseudo_normal;
+using qforge::testing::splitmix;
 using namespace qforge::quant;
 
 constexpr double kU32 = 0x1p-24;
@@ -59,34 +64,8 @@ double gamma(double n, double u) {
   return n * u / (1 - n * u);
 }
 
-int g_failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-// Sum of 4 uniforms, variance 1.
-float pseudo_normal(uint64_t seed, uint64_t i) {
-  const uint64_t h = splitmix(seed * 0x100000001b3ull + i);
-  float s = 0;
-  for (int k = 0; k < 4; ++k) s += float((h >> (16 * k)) & 0xffff) * (1.0f / 65536.0f);
-  return (s - 2.0f) * 1.7320508f;
-}
 
 // Weights ~ 0.02 N(0, 1) with 0.5% outliers x8 (so clipping has something to trade).
 std::vector<float> make_weights(int64_t out, int64_t C, uint64_t seed) {

@@ -39,10 +39,14 @@
 #include "quant/cuda/gptq_cuda_ops.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using namespace qforge;
+using qforge::testing::g_failures;
+using qforge::testing::now_s;
+using qforge::testing::pseudo_normal;
 using namespace qforge::quant;
 
 constexpr double kMinCodeAgreement = 0.999;
@@ -51,34 +55,8 @@ constexpr double kMinGridAgreement = 0.99;
 constexpr double kMaxScaleRelDiff = 0.25;
 constexpr double kF32Unit = 0x1p-24;
 
-int g_failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
-// Counter-based normal-ish values (sum of 4 uniforms, variance 1): fast enough for 10^8 entries.
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-float pseudo_normal(uint64_t seed, uint64_t i) {
-  const uint64_t h = splitmix(seed * 0x100000001b3ull + i);
-  float s = 0;
-  for (int k = 0; k < 4; ++k) s += float((h >> (16 * k)) & 0xffff) * (1.0f / 65536.0f);
-  return (s - 2.0f) * 1.7320508f;
-}
 
 // Correlated calibration inputs X [n, in]: independent noise + a shared rank-32 part, channel scales
 // exp(0.7 z) (uneven, so act-order reorders), on the host.
