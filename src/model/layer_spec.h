@@ -32,4 +32,13 @@ inline constexpr std::array<LinearSpec, 7> kLlamaLinears = {{
 inline constexpr std::array<LinearInput, 4> kLlamaInputOrder = {LinearInput::kQKV, LinearInput::kO,
                                                                 LinearInput::kGateUp, LinearInput::kDown};
 
+// Width of a slot's input: the attention output (q_dim) for o, the MLP's intermediate for down, hidden otherwise.
+inline int64_t linear_input_width(const ModelConfig& c, LinearInput slot) {
+  switch (slot) {
+    case LinearInput::kO: return c.q_dim();
+    case LinearInput::kDown: return c.intermediate_size;
+    default: return c.hidden_size;
+  }
+}
+
 }  // namespace qforge

@@ -118,14 +118,7 @@ class CpuLayerOps final : public LayerOps {
   }
 
  private:
-  int64_t slot_width(LinearInput slot) const {
-    const ModelConfig& c = model_.config();
-    switch (slot) {
-      case LinearInput::kO: return c.q_dim();
-      case LinearInput::kDown: return c.intermediate_size;
-      default: return c.hidden_size;
-    }
-  }
+  int64_t slot_width(LinearInput slot) const { return linear_input_width(model_.config(), slot); }
 
   // Runs decoder layer l on a copy of every window, calling `hook`; x is not changed. With `stop_after`
   // each window's forward ends once that input has been seen.

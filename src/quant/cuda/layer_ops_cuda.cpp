@@ -500,6 +500,13 @@ class CudaLayerOps final : public LayerOps {
   Status advance(int l) override {
     QF_RETURN_IF_ERROR(need_engine(fmt::format("model.layers.{}", l)));
     OpTrace tr("advance", stream());
+    // Fault injection for the error-path check (docs/gpu-pipeline.md): QFORGE_GPU_FAULT_AT_LAYER=l makes this
+    // layer's advance ask the GPU for 1 PiB, a real CUDA out-of-memory error in the middle of a run.
+    if (const char* f = std::getenv("QFORGE_GPU_FAULT_AT_LAYER"); f && *f && std::atoi(f) == l) {
+      DevBuf huge;
+      QF_RETURN_IF_ERROR(huge.ensure(int64_t(1) << 50, "an injected allocation (QFORGE_GPU_FAULT_AT_LAYER)")
+                             .with_context(fmt::format("model.layers.{}: forward", l)));
+    }
     host_valid_ = false;
     using Start = cuda::LlamaLayerDevice::LayerStart;
     const Start start = kept_ == Kept::kMlp ? Start::kDownKept : Start::kInput;
@@ -579,14 +586,7 @@ class CudaLayerOps final : public LayerOps {
   Status need_engine(const std::string& name) const {
     return eng_ ? Status::ok() : error("{}: no calibration activations on the GPU", name);
   }
-  int64_t slot_width(LinearInput slot) const {
-    const ModelConfig& c = model_.config();
-    switch (slot) {
-      case LinearInput::kO: return c.q_dim();
-      case LinearInput::kDown: return c.intermediate_size;
-      default: return c.hidden_size;
-    }
-  }
+  int64_t slot_width(LinearInput slot) const { return linear_input_width(model_.config(), slot); }
 
   const LlamaModel& model_;
   int device_;
