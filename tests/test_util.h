@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace qforge::testing {
@@ -46,5 +49,25 @@ class TempDir {
  private:
   std::string path_;
 };
+
+#ifdef QFORGE_BINARY
+// Runs the qforge binary of this build with `args` (a shell command line), collecting stdout and stderr.
+struct CliResult {
+  int code = -1;       // exit status, -1 when it did not exit normally
+  std::string output;  // stdout + stderr
+};
+inline CliResult run_qforge(const std::string& args) {
+  const std::string cmd = std::string(QFORGE_BINARY) + " " + args + " 2>&1";
+  CliResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+#endif
 
 }  // namespace qforge::testing

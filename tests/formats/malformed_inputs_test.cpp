@@ -835,23 +835,8 @@ TEST(MalformedInputs, UnpackLinear) {
 
 // ---- CLI flags ---------------------------------------------------------------------------------------------
 
-struct CliResult {
-  int code = -1;
-  std::string output;  // stdout + stderr
-};
-
-CliResult run_qforge(const std::string& args) {
-  const std::string cmd = std::string(QFORGE_BINARY) + " " + args + " 2>&1";
-  CliResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testing::CliResult;
+using testing::run_qforge;
 
 // The error as printed: qforge's "error: ..." line, else (a CLI11 parse error) the first line, without the
 // "Run with --help for more information." CLI11 adds after it; progress lines before the error are left out.

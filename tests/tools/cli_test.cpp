@@ -11,23 +11,7 @@
 namespace qforge {
 namespace {
 
-struct RunResult {
-  int code;
-  std::string output;  // stdout + stderr
-};
-
-RunResult run(const std::string& args) {
-  const std::string cmd = std::string(QFORGE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  RunResult r{-1, ""};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+testing::CliResult run(const std::string& args) { return testing::run_qforge(args); }
 
 TEST(Cli, UnknownFlagsAndSubcommandsAreErrors) {
   const std::string existing = QFORGE_BINARY;  // any existing file, so only the flag is wrong
