@@ -222,14 +222,17 @@ const AwqGroup kAwqGroups[] = {
 // window's prefix does not see the rest of it). AWQ's scale-equivalence check runs on them: any misfolded
 // channel shows on every token; the CPU forward of a 7B layer on 16 tokens costs about one read of its weights.
 constexpr int64_t kAwqCheckTokens = 16;
-Status layer_on_prefix(Ctx& c, int l, Tensor& y) {
-  const ModelConfig& cfg = c.model.config();
-  const int64_t T = std::min(c.L, kAwqCheckTokens), H = cfg.hidden_size;
-  y = Tensor(DType::kF32, {T, H});
-  QF_RETURN_IF_ERROR(c.ops.input_rows(T, y.f32()));
-  Tensor kbuf(DType::kF32, {T, cfg.kv_dim()}), vbuf(DType::kF32, {T, cfg.kv_dim()});
-  c.model.decoder_layer(l, y.f32(), T, 0, kbuf.f32(), vbuf.f32(), nullptr);
-  return Status::ok();
+// y [T, H] <- layer l (y) on the host, positions 0..T-1.
+void layer_forward_host(const LlamaModel& m, int l, Tensor& y) {
+  const int64_t T = y.shape()[0];
+  Tensor kbuf(DType::kF32, {T, m.config().kv_dim()}), vbuf(DType::kF32, {T, m.config().kv_dim()});
+  m.decoder_layer(l, y.f32(), T, 0, kbuf.f32(), vbuf.f32(), nullptr);
+}
+
+// The first min(L, kAwqCheckTokens) rows of the current activations (the check's input).
+Status prefix_inputs(Ctx& c, Tensor& y) {
+  y = Tensor(DType::kF32, {std::min(c.L, kAwqCheckTokens), c.model.config().hidden_size});
+  return c.ops.input_rows(y.shape()[0], y.f32());
 }
 
 // AWQ on one layer: capture the FP inputs of every linear; search the scales of each group against the
@@ -251,17 +254,10 @@ Status awq_layer(Ctx& c, int l) {
   // weights and never writes them); it is joined before the scales are applied. With the CPU backend it runs
   // first, alone (two BLAS users at once would share the cores and need a thread-safe BLAS).
   Tensor ref;
-  Tensor ref_x;
-  {
-    const int64_t T = std::min(c.L, kAwqCheckTokens);
-    ref_x = Tensor(DType::kF32, {T, H});
-    QF_RETURN_IF_ERROR(c.ops.input_rows(T, ref_x.f32()));
-  }
+  QF_RETURN_IF_ERROR(prefix_inputs(c, ref));
   std::future<void> ref_job = std::async(c.ops.uses_host_blas() ? std::launch::deferred : std::launch::async, [&] {
     TraceScope tr("awq reference prefix (cpu)");
-    ref = std::move(ref_x);
-    Tensor kbuf(DType::kF32, {ref.shape()[0], cfg.kv_dim()}), vbuf(DType::kF32, {ref.shape()[0], cfg.kv_dim()});
-    c.model.decoder_layer(l, ref.f32(), ref.shape()[0], 0, kbuf.f32(), vbuf.f32(), nullptr);
+    layer_forward_host(c.model, l, ref);
   });
   struct JoinOnExit {
     std::future<void>& f;
@@ -339,7 +335,8 @@ Status awq_layer(Ctx& c, int l) {
   // layer chains two linears per block: 4*K*eps of the output's magnitude, K the widest input.
   {
     Tensor y;
-    QF_RETURN_IF_ERROR(layer_on_prefix(c, l, y));
+    QF_RETURN_IF_ERROR(prefix_inputs(c, y));
+    layer_forward_host(c.model, l, y);
     double max_ref = 0, max_diff = 0;
     for (int64_t i = 0; i < ref.numel(); ++i) {
       max_ref = std::max(max_ref, double(std::fabs(ref.f32()[i])));

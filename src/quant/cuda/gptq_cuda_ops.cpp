@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "core/trace.h"
 #include "kernels/cuda/gptq_cuda.h"
 #endif
 
@@ -28,19 +29,12 @@ static_assert(sizeof(cuda::GptqGrid) == sizeof(GroupParams) &&
 
 // QFORGE_GPU_TRACE=1: each step's wall time to stderr (the steps that return results synchronise anyway; the
 // others are drained first, profiling only).
-bool trace_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("QFORGE_GPU_TRACE");
-    return e && *e && std::string_view(e) != "0";
-  }();
-  return on;
-}
 struct StepTrace {
   const char* what;
   const cuda::GptqDevice& dev;
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   ~StepTrace() {
-    if (!trace_on()) return;
+    if (!trace_enabled()) return;
     cudaStreamSynchronize(static_cast<cudaStream_t>(dev.stream()));
     fmt::print(stderr, "[gpu] gptq {:<23} {:9.2f} ms\n", what,
                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "core/trace.h"
 #include "model/layer_spec.h"
 
 #if QFORGE_HAVE_CUDA
@@ -79,20 +80,13 @@ std::string mib(int64_t b) { return fmt::format("{:.0f} MiB", double(b) / (1 << 
 
 // QFORGE_GPU_TRACE=1: every backend call prints its wall time to stderr, its stream drained first (profiling
 // only: the drain serialises host and GPU).
-bool trace_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("QFORGE_GPU_TRACE");
-    return e && *e && std::string_view(e) != "0";
-  }();
-  return on;
-}
 struct OpTrace {
   std::string what;
   void* stream;
   std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
   OpTrace(std::string w, void* s) : what(std::move(w)), stream(s) {}
   ~OpTrace() {
-    if (!trace_on()) return;
+    if (!trace_enabled()) return;
     if (stream) cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
     fmt::print(stderr, "[gpu] {:<28} {:9.2f} ms\n", what,
                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
