@@ -1,10 +1,12 @@
 // Benchmark of the CUDA W4A16 linear (src/kernels/cuda/w4a16.h) against cuBLAS fp16 GEMM, same run, same card.
 //
 //   cuda_w4a16_bench [--quick] [--sweep] [--sweep-mma] [--sweep-gemm] [--sweep-wgmma] [--launch-test] [--profile]
-//                    [--ms 1,2,4] [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--csv FILE]
+//                    [--ms 1,2,4] [--shapes 4096x4096,...] [--mma-tuning nt,r,split,warps,pdl] [--mma-only]
+//                    [--csv FILE]
 //   --sweep-mma: mma warps per block x split-K x PDL; --launch-test: graph vs stream vs isolated launches, PDL
 //   off/on, and cuBLAS fp16 the same ways; --profile: only 3 plain mma launches per case (for Nsight Compute);
 //   --sweep-gemm: gemm block shape x split-K at M >= 16; --sweep-wgmma: wgmma block batch rows x cluster split.
+//   --mma-only: time only the mma path (and auto where it is mma) against cuBLAS fp16.
 // Weights are random packed bytes (the layout is a bijection, so any bytes are a valid weight), drawn with a
 // fast generator instead of going through w4a16_repack, which takes seconds on the 70B shapes.
 //
@@ -14,7 +16,9 @@
 // Timing: each measurement is a CUDA graph of 20 calls that rotate over enough weight copies to exceed 3x
 // the L2 (so every call streams its weight from HBM); 3 warm-up replays, then the median of 31 timed replays
 // (CUDA events) divided by 20. Effective GB/s counts the weight (codes + scales + zeros), x and y once.
-// Also measured: device copy bandwidth (cudaMemcpyAsync D2D of 1 GiB, bytes read + written).
+// Also measured: device copy bandwidth (cudaMemcpyAsync D2D of 1 GiB, bytes read + written), and per shape a
+// read floor: a kernel that only reads the packed codes (16-byte loads, full occupancy), timed the same way,
+// i.e. what one streaming launch of that many bytes can reach back to back.
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -73,6 +77,26 @@ __global__ void fill_random_half(__half* p, size_t n, uint32_t seed, float amp) 
 }
 
 cudaStream_t g_stream;
+
+// Read floor: every thread reads 16-byte words (up to 8 independent loads in flight) and folds them into one
+// word, stored only if it hits a magic value, so the loads stay but nothing is written.
+__global__ void read_floor_kernel(const uint4* __restrict__ p, size_t n16, unsigned* sink) {
+  const size_t stride = size_t{gridDim.x} * blockDim.x;
+  size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x;
+  uint32_t acc = 0;
+  for (; i + 7 * stride < n16; i += 8 * stride) {
+    uint4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = __ldg(p + i + j * stride);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 v = __ldg(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9E3779B9u) *sink = acc;
+}
 
 // How the calls of one measurement are issued.
 enum class Launch {
@@ -161,6 +185,7 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool mma_only = false;
   bool quick = false, sweep = false, sweep_mma = false, sweep_gemm = false, sweep_wgmma = false, launch_test = false, profile = false;
   const char* csv_path = nullptr;
   const char* ms_arg = nullptr;
@@ -177,6 +202,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--sweep-wgmma")) sweep_wgmma = true;
     else if (!std::strcmp(argv[i], "--launch-test")) launch_test = true;
     else if (!std::strcmp(argv[i], "--profile")) profile = true;
+    else if (!std::strcmp(argv[i], "--mma-only")) mma_only = true;
     else if (!std::strcmp(argv[i], "--mma-tuning") && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%d,%d,%d,%d,%d", &tuning.nt, &tuning.r, &tuning.split, &tuning.warps, &tuning.pdl) != 5) {
         std::fprintf(stderr, "--mma-tuning wants nt,r,split,warps,pdl (0 = built in; pdl -1 = built in)\n");
@@ -185,7 +211,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "unknown flag %s (use --quick, --sweep, --sweep-mma, --sweep-gemm, --sweep-wgmma, --launch-test, --profile, --ms LIST, "
-                   "--shapes OUTxIN,..., --mma-tuning nt,r,split,warps,pdl, --csv FILE)\n",
+                   "--shapes OUTxIN,..., --mma-tuning nt,r,split,warps,pdl, --mma-only, --csv FILE)\n",
                    argv[i]);
       return 2;
     }
@@ -299,6 +325,22 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&y2, max_m * N * 2));
     fill_random_half<<<1024, 256, 0, g_stream>>>(x, max_m * K, 99, 1.f);
     CK(cudaGetLastError());
+    if (!profile) {  // read floor over the packed codes of the same weight copies
+      unsigned* sink = nullptr;
+      CK(cudaMalloc(&sink, sizeof(unsigned)));
+      const size_t n16 = static_cast<size_t>(N * K / 2 / 16);
+      const double t_read = time_us([&](int i) {
+        read_floor_kernel<<<prop.multiProcessorCount * 4, 512, 0, g_stream>>>(
+            static_cast<const uint4*>(w4[i % w4_copies].qweight), n16, sink);
+        CK(cudaGetLastError());
+      });
+      CK(cudaFree(sink));
+      const double read_gbs = 16.0 * n16 / (t_read * 1e-6) / 1e9;
+      std::printf("%-12s %6ld %6ld read floor: %.2f us for %.1f MB of codes = %.0f GB/s (%.1f%% of copy)\n", sh.name,
+                  (long)N, (long)K, t_read, 16.0 * n16 / 1e6, read_gbs, 100 * read_gbs / copy_gbs);
+      if (csv) std::fprintf(csv, "#read-floor,%s,%ld,%ld,%.3f,%.1f,%.2f\n", sh.name, (long)N, (long)K, t_read, read_gbs,
+                            100 * read_gbs / copy_gbs);
+    }
 
     for (int64_t M : ms) {
       if (profile) {  // for Nsight Compute: a few plain launches of the mma path, nothing else
@@ -309,9 +351,11 @@ int main(int argc, char** argv) {
       }
       // validate: mma (and gemv) path against dequant + cuBLAS on the same weight (all within fp16 rounding
       // of the truth)
-      const bool has_gemv = M <= kW4GemvMaxM;
-      const bool has_gemm = M >= 8 && N % 32 == 0;
-      const bool has_wgmma = wgmma_ok && N % 128 == 0;
+      const W4Path auto_p = ctx.auto_path(w4[0], M);
+      auto want = [&](W4Path p) { return !mma_only || auto_p == p; };  // --mma-only still times the auto path
+      const bool has_gemv = want(W4Path::kGemv) && M <= kW4GemvMaxM;
+      const bool has_gemm = want(W4Path::kGemm) && M >= 8 && N % 32 == 0;
+      const bool has_wgmma = want(W4Path::kWgmma) && wgmma_ok && N % 128 == 0;
       CKS(ctx.linear(w4[0], x, M, ActType::kF16, y2, g_stream, W4Path::kCublas));
       for (W4Path p : {W4Path::kMma, W4Path::kGemv, W4Path::kGemm, W4Path::kWgmma}) {
         if (p == W4Path::kGemv && !has_gemv) continue;
@@ -339,21 +383,20 @@ int main(int argc, char** argv) {
       auto run_path = [&](W4Path p) {
         return time_us([&](int i) { CKS(ctx.linear(w4[i % w4_copies], x, M, ActType::kF16, y, g_stream, p)); });
       };
-      const W4Path auto_p = ctx.auto_path(w4[0], M);
       // gemv only where it applies; dequant+cuBLAS only where it can matter (M >= 64): the rest is "-"
       const double t_gemv = has_gemv ? run_path(W4Path::kGemv) : -1;
       const double t_mma = run_path(W4Path::kMma);
       const double t_gemm = has_gemm ? run_path(W4Path::kGemm) : -1;
       const double t_wgmma = has_wgmma ? run_path(W4Path::kWgmma) : -1;
       double t_gemv_pdl = -1;  // the gemv path with programmatic dependent launch (weights of call i+1 overlap call i)
-      if (has_gemv) {
+      if (has_gemv && !mma_only) {
         W4A16Context::GemvTuning gt;
         gt.pdl = 1;
         ctx.set_gemv_tuning(gt);
         t_gemv_pdl = run_path(W4Path::kGemv);
         ctx.set_gemv_tuning({});
       }
-      const double t_cub = M >= 64 ? run_path(W4Path::kCublas) : -1;
+      const double t_cub = M >= 64 && want(W4Path::kCublas) ? run_path(W4Path::kCublas) : -1;
       const double t_auto = auto_p == W4Path::kGemv   ? t_gemv
                             : auto_p == W4Path::kMma  ? t_mma
                             : auto_p == W4Path::kGemm ? t_gemm
