@@ -6,7 +6,7 @@
 // reading a checkpoint: it is part of the total, and reported on its own.
 //
 //   gpu_pipeline_bench [--hidden 4096 --intermediate 11008 --heads 32 --kv-heads 32 --layers 32]
-//                      [--windows 128 --seqlen 2048] [--method awq-gptq] [--device cuda] [--gpu-gemm bf16]
+//                      [--windows 128 --seqlen 2048] [--method awq-gptq] [--device cuda|cuda:0,1,...] [--gpu-gemm bf16]
 //                      [--awq-search-samples 16] [--bits 4 --group-size 128] [--vocab 32000]
 //
 // Prints one line per layer and a summary. Llama-2-7B widths are the defaults; 70B: --hidden 8192
@@ -80,24 +80,35 @@ std::string sarg(int argc, char** argv, const char* name, const char* def) {
   return def;
 }
 
-// Peak device memory in use (total - free, every process) sampled every 5 ms while the run goes on.
+// Peak device memory in use (total - free, every process) of each GPU of the run, sampled every 5 ms while the
+// run goes on.
 struct GpuMemoryPeak {
+  std::vector<int> devices;
   std::atomic<bool> stop{false};
-  std::atomic<int64_t> peak{0};
-  int64_t before = 0;
+  std::vector<int64_t> peak, before;
   std::thread th;
-  void start() {
+  void start(std::vector<int> devs) {
 #if QFORGE_HAVE_CUDA
-    size_t f = 0, t = 0;
-    if (cudaMemGetInfo(&f, &t) != cudaSuccess) return;
-    before = int64_t(t - f);
+    devices = std::move(devs);
+    peak.assign(devices.size(), 0);
+    before.assign(devices.size(), 0);
+    for (size_t i = 0; i < devices.size(); ++i) {
+      size_t f = 0, t = 0;
+      if (cudaSetDevice(devices[i]) != cudaSuccess || cudaMemGetInfo(&f, &t) != cudaSuccess) return;
+      before[i] = int64_t(t - f);
+    }
     th = std::thread([this] {
       while (!stop) {
-        size_t fr = 0, to = 0;
-        if (cudaMemGetInfo(&fr, &to) == cudaSuccess) peak = std::max<int64_t>(peak, int64_t(to - fr));
+        for (size_t i = 0; i < devices.size(); ++i) {
+          size_t fr = 0, to = 0;
+          if (cudaSetDevice(devices[i]) == cudaSuccess && cudaMemGetInfo(&fr, &to) == cudaSuccess)
+            peak[i] = std::max<int64_t>(peak[i], int64_t(to - fr));
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
     });
+#else
+    (void)devs;
 #endif
   }
   void finish() {
@@ -112,7 +123,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--help")) {
       fmt::print("usage: {} [--hidden 4096 --intermediate 11008 --heads 32 --kv-heads 32 --layers 32] [--windows 128 "
-                 "--seqlen 2048] [--method rtn|gptq|awq|awq-gptq] [--device cuda|cpu] [--gpu-gemm bf16|tf32|f32] "
+                 "--seqlen 2048] [--method rtn|gptq|awq|awq-gptq] [--device cuda|cuda:0,1|cpu] [--gpu-gemm bf16|tf32|f32] "
                  "[--awq-search-samples 16] [--bits 4 --group-size 128] [--vocab 32000]\n",
                  argv[0]);
       return 0;
@@ -136,7 +147,10 @@ int main(int argc, char** argv) {
   quant::PipelineOptions opt;
   opt.method = method == "rtn" ? quant::Method::kRtn : method == "gptq" ? quant::Method::kGptq
              : method == "awq" ? quant::Method::kAwq : quant::Method::kAwqGptq;
-  opt.device = device == "cpu" ? quant::Device::kCpu : quant::Device::kCuda;
+  if (Status st = quant::parse_device(device, &opt.device, &opt.cuda_devices); !st.is_ok()) {
+    fmt::print(stderr, "gpu_pipeline_bench: {}\n", st.message());
+    return 2;
+  }
   opt.gpu_gemm = gemm == "f32" ? quant::GpuGemm::kF32 : gemm == "tf32" ? quant::GpuGemm::kTF32 : quant::GpuGemm::kBF16;
   opt.quant.bits = int(arg(argc, argv, "--bits", 4));
   opt.quant.group_size = arg(argc, argv, "--group-size", 128);
@@ -184,10 +198,10 @@ int main(int argc, char** argv) {
              "on {}{}; AWQ search windows {}\n",
              bench::cpu_name(), c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
              c.num_hidden_layers, N, L, method, opt.quant.bits, opt.quant.group_size, device,
-             device == "cuda" ? " (" + gemm + " GEMMs)" : "", opt.awq_search_samples);
+             device != "cpu" ? " (" + gemm + " GEMMs)" : "", opt.awq_search_samples);
   std::fflush(stdout);
   GpuMemoryPeak mem;
-  mem.start();
+  if (opt.device == quant::Device::kCuda) mem.start(opt.cuda_devices);
   std::vector<double> layer_s;
   auto t_layer = Clock::now();
   const auto t0 = Clock::now();
@@ -222,8 +236,9 @@ int main(int argc, char** argv) {
   fmt::print("steps (s, all layers): load {:.1f}, hessians {:.1f}, gptq {:.1f}, rtn {:.1f}, awq capture {:.1f}, awq "
              "search {:.1f}, awq clip {:.1f}, error stats {:.1f}, advance {:.1f}\n",
              t.load, t.hessians, t.gptq, t.rtn, t.awq_capture, t.awq_search, t.awq_clip, t.errors, t.advance);
-  if (mem.peak > 0)
-    fmt::print("peak GPU memory in use: {:.2f} GiB (before the run: {:.2f} GiB)\n", double(mem.peak) / (1 << 30),
-               double(mem.before) / (1 << 30));
+  for (size_t i = 0; i < mem.peak.size(); ++i)
+    if (mem.peak[i] > 0)
+      fmt::print("peak GPU memory in use, GPU {}: {:.2f} GiB (before the run: {:.2f} GiB)\n", mem.devices[i],
+                 double(mem.peak[i]) / (1 << 30), double(mem.before[i]) / (1 << 30));
   return 0;
 }

@@ -84,7 +84,7 @@ Expected<Variant> variant(const std::string& m, int bits, const CompareArgs& a) 
   o.seed = a.seed;
   o.progress = false;
   // Every method's per-layer work on the GPU (forwards, Hessians, GPTQ, AWQ); drivers and evaluation on the CPU.
-  o.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
+  QF_RETURN_IF_ERROR(quant::parse_device(a.device, &o.device, &o.cuda_devices));
   o.gpu_gemm = a.gpu_gemm == "f32" ? quant::GpuGemm::kF32 : a.gpu_gemm == "tf32" ? quant::GpuGemm::kTF32
                                                                                 : quant::GpuGemm::kBF16;
   if (m == "rtn") o.method = quant::Method::kRtn;
@@ -153,9 +153,9 @@ Status run_compare(const CompareArgs& a) {
     for (const char* m : {"rtn-keep1%-act", "rtn-keep1%-weight", "rtn-keep1%-random", "awq-all-alpha1", "awq-noclip"})
       jobs.push_back({m, b, &calib, a.calib});
   }
-  if (a.device == "cuda")
-    fmt::print(stderr, "compare: --device cuda: every method's per-layer work runs on GPU 0 ({} GEMMs); the "
-                       "evaluation on the CPU; peak +MiB counts host memory only\n", a.gpu_gemm);
+  if (a.device != "cpu")
+    fmt::print(stderr, "compare: --device {}: every method's per-layer work runs on the GPU(s) ({} GEMMs); the "
+                       "evaluation on the CPU; peak +MiB counts host memory only\n", a.device, a.gpu_gemm);
   const auto t_all = std::chrono::steady_clock::now();
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Job& job = jobs[j];
@@ -320,8 +320,9 @@ Command make_compare_command() {
     sub->add_flag("--ablations", args->ablations, "add AWQ's ablations at the lowest bit width");
     sub->add_option("--json", args->json_out, "write the table as JSON");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
-    sub->add_option("--device", args->device, "where the quantizers' per-layer work runs: cpu, or cuda (GPU 0)")
-        ->check(CLI::IsMember({"cpu", "cuda"}));
+    sub->add_option("--device", args->device,
+                    "where the quantizers' per-layer work runs: cpu, cuda (GPU 0), cuda:N, cuda:N,M,... or cuda:all")
+        ->check(quant_device_validator());
     sub->add_option("--gpu-gemm", args->gpu_gemm, "--device cuda: GEMM precision of the layer forward")
         ->check(CLI::IsMember({"bf16", "tf32", "f32"}));
     return sub;

@@ -1,7 +1,8 @@
 // qforge quantize --model M --method rtn|gptq|awq|awq-gptq --bits B --group-size G [--sym] [--act-order]
 //                 [--calib FILE --calib-samples N --calib-seqlen L --seed S] [--format F] --out DIR [--report JSON]
-//                 [--device cpu|cuda [--gpu-gemm bf16|tf32|f32]]
-// --device cuda runs the per-layer work of every method on GPU 0: the layer forwards over the calibration windows,
+//                 [--device cpu|cuda|cuda:N,M,...|cuda:all [--gpu-gemm bf16|tf32|f32]]
+// --device cuda runs the per-layer work of every method on GPU 0 (cuda:N,M,...: on several GPUs, each with its share
+// of the calibration windows, Hessians and AWQ's statistics combined with NCCL): the layer forwards over the calibration windows,
 // GPTQ's Hessians and solves, AWQ's statistics, scale search and clipping, and the error statistics; the host keeps
 // the weights, the drivers and the output (docs/gpu-pipeline.md).
 // --format hf (default): a Hugging Face directory of dequantized f32 weights (what the quantizers' tables score);
@@ -72,7 +73,7 @@ Status run_quantize(const QuantizeArgs& a) {
   opt.quant.grid = grid == "awq" ? quant::QuantGrid::kAwq : quant::QuantGrid::kGptq;
   opt.awq_search_samples = a.awq_search_samples;
   opt.awq_clip = !a.no_awq_clip;
-  opt.device = a.device == "cuda" ? quant::Device::kCuda : quant::Device::kCpu;
+  QF_RETURN_IF_ERROR(quant::parse_device(a.device, &opt.device, &opt.cuda_devices));
   opt.gpu_gemm = a.gpu_gemm == "f32" ? quant::GpuGemm::kF32 : a.gpu_gemm == "tf32" ? quant::GpuGemm::kTF32
                                                                                   : quant::GpuGemm::kBF16;
 
@@ -131,7 +132,7 @@ Status run_quantize(const QuantizeArgs& a) {
   // GPU and CPU runs give different (equally good) codes (docs/gpu-pipeline.md), so a run resumes only on the device
   // it started on. Only GPU runs record it: the state of a CPU run stays as before.
   if (opt.device != quant::Device::kCpu) {
-    fp["device"] = a.device;
+    fp["device"] = quant::device_name(opt.device, opt.cuda_devices);
     fp["gpu_gemm"] = a.gpu_gemm;
   }
   QF_ASSIGN_OR_RETURN(checkpoint::QuantizeState state,
@@ -189,7 +190,7 @@ Status run_quantize(const QuantizeArgs& a) {
   j["calibration"] = {{"file", a.calib}, {"samples", a.calib_samples}, {"seqlen", a.calib_seqlen}, {"seed", a.seed},
                       {"tokens", rep.calibration_tokens}};
   if (opt.device != quant::Device::kCpu) {  // CPU reports stay byte for byte as before
-    j["device"] = a.device;
+    j["device"] = quant::device_name(opt.device, opt.cuda_devices);
     j["gpu_gemm"] = a.gpu_gemm;
   }
   j["seconds"] = rep.seconds;
@@ -250,7 +251,7 @@ Status run_quantize(const QuantizeArgs& a) {
   auto sorted = rep.linears;
   std::sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.output_error > y.output_error; });
   fmt::print("{} {}-bit g{}{}{}: {} linears in {:.1f}s, peak RSS {:.0f} MiB -> {}\n", a.method, a.bits, a.group_size,
-             a.act_order ? " act-order" : "", opt.device == quant::Device::kCuda ? fmt::format(" (on cuda, {} GEMMs)", a.gpu_gemm) : std::string(),
+             a.act_order ? " act-order" : "", opt.device == quant::Device::kCuda ? fmt::format(" (on {}, {} GEMMs)", quant::device_name(opt.device, opt.cuda_devices), a.gpu_gemm) : std::string(),
              rep.linears.size(), rep.seconds, double(peak_rss_kb()) / 1024.0, a.out);
   if (!rep.awq_groups.empty()) {
     fmt::print("AWQ scales (alpha, block error before -> after, largest scales as channel:scale):\n");
@@ -311,8 +312,9 @@ Command make_quantize_command() {
     sub->add_flag("--resume", args->resume, "continue an interrupted run from its state in OUT.partial/");
     sub->add_option("--threads", args->threads, "BLAS threads (0: default)")->check(CLI::NonNegativeNumber);
     sub->add_option("--device", args->device,
-                    "where the per-layer work runs (forwards, Hessians, GPTQ, AWQ): cpu, or cuda (GPU 0)")
-        ->check(CLI::IsMember({"cpu", "cuda"}));
+                    "where the per-layer work runs (forwards, Hessians, GPTQ, AWQ): cpu, cuda (GPU 0), cuda:N, or "
+                    "several GPUs: cuda:N,M,... or cuda:all (calibration windows split, NCCL)")
+        ->check(quant_device_validator());
     sub->add_option("--gpu-gemm", args->gpu_gemm, "--device cuda: GEMM precision of the layer forward")
         ->check(CLI::IsMember({"bf16", "tf32", "f32"}));
     return sub;

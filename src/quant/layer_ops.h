@@ -55,6 +55,14 @@ class LayerOps {
 
   // Layer l's weights as they stand now in the model; again after the driver changed any of them.
   virtual Status load_layer(int l) = 0;
+  // Layer l's weights are final on the host until load_layer(l) (the loader just read them; the driver has not
+  // touched them): a backend may start copying them now. Called on another thread while the current layer
+  // computes, at most once between two load_layer calls, so it must not use what the other methods use; a
+  // failure here only means that load_layer copies them itself.
+  virtual Status prefetch_layer(int l) {
+    (void)l;
+    return Status::ok();
+  }
   // Only the linears that read `slot` changed since (GPTQ quantized them): a backend may copy just those.
   virtual Status load_linears(int l, LinearInput slot) {
     (void)slot;

@@ -1,8 +1,10 @@
 #include "quant/pipeline.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -20,6 +22,53 @@
 #include "quant/rtn.h"
 
 namespace qforge::quant {
+
+Status parse_device(std::string_view spec, Device* device, std::vector<int>* cuda_devices) {
+  if (spec == "cpu") {
+    *device = Device::kCpu;
+    cuda_devices->assign(1, 0);
+    return Status::ok();
+  }
+  if (spec == "cuda") {
+    *device = Device::kCuda;
+    cuda_devices->assign(1, 0);
+    return Status::ok();
+  }
+  if (!spec.starts_with("cuda:"))
+    return error("--device {}: expected cpu, cuda, cuda:N, cuda:N,M,... or cuda:all", spec);
+  const std::string_view list = spec.substr(5);
+  std::vector<int> devs;
+  if (list == "all") {
+    const Expected<int> count = cuda_device_count();
+    if (!count) return count.status().with_context(fmt::format("--device {}", spec));
+    const int n = *count;
+    if (n < 1) return error("--device {}: no CUDA device is visible", spec);
+    for (int d = 0; d < n; ++d) devs.push_back(d);
+  } else {
+    size_t at = 0;
+    while (at <= list.size()) {
+      const size_t end = std::min(list.find(',', at), list.size());
+      const std::string_view part = list.substr(at, end - at);
+      int d = -1;
+      const auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), d);
+      if (part.empty() || ec != std::errc() || p != part.data() + part.size() || d < 0)
+        return error("--device {}: '{}' is not a GPU number", spec, part);
+      if (std::find(devs.begin(), devs.end(), d) != devs.end())
+        return error("--device {}: GPU {} is listed twice", spec, d);
+      devs.push_back(d);
+      at = end + 1;
+    }
+  }
+  *device = Device::kCuda;
+  *cuda_devices = std::move(devs);
+  return Status::ok();
+}
+
+std::string device_name(Device device, const std::vector<int>& cuda_devices) {
+  if (device == Device::kCpu) return "cpu";
+  if (cuda_devices.size() == 1 && cuda_devices[0] == 0) return "cuda";
+  return fmt::format("cuda:{}", fmt::join(cuda_devices, ","));
+}
 
 const char* method_name(Method m) {
   switch (m) {
@@ -430,23 +479,30 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
   const bool runs_awq = opt.method == Method::kAwq || opt.method == Method::kAwqGptq;
   if (opt.device == Device::kCuda && first < int(cfg.num_hidden_layers)) {
     const std::string at = linear_name(first, kLlamaLinears[0]);
-    Expected<std::unique_ptr<LayerOps>> lops = make_cuda_layer_ops(model, opt.cuda_device, opt.gpu_gemm);
+    if (opt.cuda_devices.empty()) return error("{}: --device cuda with no GPU listed", at);
+    Expected<std::unique_ptr<LayerOps>> lops = make_cuda_layer_ops(model, opt.cuda_devices, opt.gpu_gemm);
     if (!lops) return lops.status().with_context(at);
     layer_ops = std::move(*lops);
-    int64_t free_b = 0, total_b = 0;
-    QF_RETURN_IF_ERROR(cuda_device_memory(opt.cuda_device, &free_b, &total_b).with_context(at));
-    const int64_t need = cuda_pipeline_bytes(cfg, needs_calib ? N : 0, needs_calib ? L : 0, opt.gpu_gemm,
+    // Each GPU holds its share of the windows (round-robin: at most ceil(N / K)); the Hessians and GPTQ's working
+    // set are counted on every GPU, though only the first keeps them for long.
+    const int64_t K = int64_t(opt.cuda_devices.size()), Nk = (N + K - 1) / K;
+    const int64_t need = cuda_pipeline_bytes(cfg, needs_calib ? Nk : 0, needs_calib ? L : 0, opt.gpu_gemm,
                                              runs_awq || opt.keep_fp_fraction > 0, runs_gptq);
-    if (need > free_b)
-      return error("{}: this run needs about {:.1f} GiB of GPU memory ({} calibration windows of {} tokens), GPU {} "
-                   "has {:.1f} GiB free of {:.1f} GiB; lower --calib-samples (the activations and AWQ's kept inputs "
-                   "grow with it) or --calib-seqlen",
-                   at, double(need) / (1 << 30), N, L, opt.cuda_device, double(free_b) / (1 << 30),
-                   double(total_b) / (1 << 30));
+    for (int dev : opt.cuda_devices) {
+      int64_t free_b = 0, total_b = 0;
+      QF_RETURN_IF_ERROR(cuda_device_memory(dev, &free_b, &total_b).with_context(at));
+      if (need > free_b)
+        return error("{}: this run needs about {:.1f} GiB of GPU memory ({} calibration windows of {} tokens{}), "
+                     "GPU {} has {:.1f} GiB free of {:.1f} GiB; lower --calib-samples (the activations and AWQ's "
+                     "kept inputs grow with it) or --calib-seqlen{}",
+                     at, double(need) / (1 << 30), needs_calib ? Nk : 0, L,
+                     K > 1 ? fmt::format(" on each of {} GPUs", K) : std::string(), dev, double(free_b) / (1 << 30),
+                     double(total_b) / (1 << 30), K > 1 ? ", or spread them over more GPUs" : "");
+    }
     if (runs_gptq) {
       LayerOps* lops_ptr = layer_ops.get();
       Expected<std::unique_ptr<GptqOps>> ops = make_cuda_gptq_ops(
-          opt.cuda_device, [lops_ptr](const float* host, int64_t n) { return lops_ptr->device_copy(host, n); });
+          opt.cuda_devices.front(), [lops_ptr](const float* host, int64_t n) { return lops_ptr->device_copy(host, n); });
       if (!ops) return ops.status().with_context(at);
       gptq_ops = std::move(*ops);
     }
@@ -468,8 +524,8 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
   Progress bar(fmt::format("quantize {}", method_name(opt.method)), cfg.num_hidden_layers, opt.progress);
   bar.update(first);
   // With a GPU backend the host is mostly idle while a layer computes: layer l + 1 is read (from the mapped
-  // checkpoint, converted to f32) on another thread meanwhile, and waited for when its turn comes. The CPU
-  // backend needs the host's cores itself and loads in turn.
+  // checkpoint, converted to f32) and uploaded to the GPU on another thread meanwhile, and waited for when its
+  // turn comes. The CPU backend needs the host's cores itself and loads in turn.
   const bool prefetch = layers && opt.device == Device::kCuda;
   std::future<Status> next_load;
   for (int l = first; l < int(cfg.num_hidden_layers); ++l) {
@@ -479,7 +535,13 @@ Expected<PipelineReport> quantize_model(LlamaModel& model, const std::vector<std
       QF_RETURN_IF_ERROR(layer_ops->load_layer(l));
     }
     if (prefetch && l + 1 < int(cfg.num_hidden_layers))
-      next_load = std::async(std::launch::async, [layers, l] { return layers->load(l + 1); });
+      next_load = std::async(std::launch::async, [layers, l, ops = layer_ops.get()] {
+        QF_RETURN_IF_ERROR(layers->load(l + 1));
+        // Its upload too (into a second device buffer), while layer l computes; without memory for it, load_layer
+        // uploads as before.
+        (void)ops->prefetch_layer(l + 1);
+        return Status::ok();
+      });
     switch (opt.method) {
       case Method::kRtn:
         QF_RETURN_IF_ERROR(rtn_layer(c, l));

@@ -39,13 +39,21 @@ const char* salient_by_name(SalientBy b);
 // difference (docs/gpu-pipeline.md measures it).
 enum class Device { kCpu, kCuda };
 
+// --device: "cpu", "cuda" (GPU 0), "cuda:N", "cuda:N,M,..." (several GPUs of this host) or "cuda:all". Sets
+// *device and *cuda_devices; errors name the flag and the part that is wrong. device_name() gives the canonical
+// spelling back ("cpu", "cuda", "cuda:0,1").
+Status parse_device(std::string_view spec, Device* device, std::vector<int>* cuda_devices);
+std::string device_name(Device device, const std::vector<int>& cuda_devices);
+
 struct PipelineOptions {
   Method method = Method::kGptq;
-  // kCuda: everything above on GPU `cuda_device`, set up once per run before any layer is touched (with a
-  // check of the GPU memory the run needs); a build without CUDA, a machine without a usable GPU or too little
-  // GPU memory is an error that names the first linear it would have served.
+  // kCuda: everything above on the GPUs `cuda_devices`, set up once per run before any layer is touched (with a
+  // check of the GPU memory the run needs on each); a build without CUDA, a machine without a usable GPU or too
+  // little GPU memory is an error that names the first linear it would have served. Several GPUs: the
+  // calibration windows are split between them, Hessians and AWQ's statistics combined with NCCL, GPTQ's solves
+  // on the first (quant/cuda/layer_ops_cuda.h); the codes then differ from one GPU's by summation order only.
   Device device = Device::kCpu;
-  int cuda_device = 0;
+  std::vector<int> cuda_devices = {0};
   GpuGemm gpu_gemm = GpuGemm::kBF16;  // the GPU forward's GEMM precision
   QuantConfig quant;
   GptqOptions gptq;

@@ -20,10 +20,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "model/layer_spec.h"
+#include "model/layer_stream.h"
 #include "quant/cuda/layer_ops_cuda.h"
 #include "quant/layer_ops.h"
 #include "quant/pipeline.h"
@@ -64,7 +66,7 @@ struct TinyShapeCase {
   testing::TinyLlamaShape shape;
 };
 
-void compare_ops(const TinyShapeCase& tc) {
+void compare_ops(const TinyShapeCase& tc, const std::vector<int>& devices) {
   LlamaModel m = testing::tiny_llama(11, tc.shape);
   const ModelConfig& c = m.config();
   const int64_t N = 3, L = 48, H = c.hidden_size, rows = N * L;
@@ -76,7 +78,7 @@ void compare_ops(const TinyShapeCase& tc) {
         std::copy_n(m.weights().embed.f32() + int64_t(win[size_t(s)][size_t(t)]) * H, H, x.f32() + (s * L + t) * H);
   }
   auto cpu = make_cpu_layer_ops(m);
-  auto gpu_or = make_cuda_layer_ops(m, 0, GpuGemm::kF32);
+  auto gpu_or = make_cuda_layer_ops(m, devices, GpuGemm::kF32);
   if (!gpu_or) {
     check(false, std::string(tc.name) + ": make_cuda_layer_ops: " + gpu_or.message());
     return;
@@ -88,7 +90,7 @@ void compare_ops(const TinyShapeCase& tc) {
   auto st = gpu->set_inputs(std::move(x2), N, L);
   check(st.is_ok(), "gpu set_inputs: " + st.message());
   check(cpu->load_layer(0).is_ok() && gpu->load_layer(0).is_ok(), "load_layer");
-  const std::string n = std::string(tc.name) + " ";
+  const std::string n = std::string(tc.name) + (devices.size() > 1 ? " (2 GPUs) " : " ");
 
   for (LinearInput slot : kLlamaInputOrder) {
     Tensor Hc, Hg;
@@ -197,7 +199,7 @@ void compare_ops(const TinyShapeCase& tc) {
   check(d <= kRel, n + "advance");
 }
 
-void compare_pipeline(Method method, GpuGemm gemm) {
+void compare_pipeline(Method method, GpuGemm gemm, const std::vector<int>& devices) {
   testing::TinyLlamaShape shape;
   shape.layers = 3;
   LlamaModel a = testing::tiny_llama(5, shape), b = testing::tiny_llama(5, shape);
@@ -209,9 +211,11 @@ void compare_pipeline(Method method, GpuGemm gemm) {
   const auto calib = testing::tiny_windows(4, 32, shape.vocab, 8);
   auto rc = quantize_model(a, calib, opt);
   opt.device = Device::kCuda;
+  opt.cuda_devices = devices;
   opt.gpu_gemm = gemm;
   auto rg = quantize_model(b, calib, opt);
-  const std::string what = std::string(method_name(method)) + " " + gpu_gemm_name(gemm);
+  const std::string what = std::string(method_name(method)) + " " + gpu_gemm_name(gemm) +
+                           (devices.size() > 1 ? " on 2 GPUs" : "");
   check(rc.has_value(), what + " cpu: " + (rc ? "" : rc.message()));
   check(rg.has_value(), what + " gpu: " + (rg ? "" : rg.message()));
   if (!rc || !rg) return;
@@ -232,6 +236,137 @@ void compare_pipeline(Method method, GpuGemm gemm) {
   if (gemm == GpuGemm::kF32) check(max_alpha <= kMaxAlphaDiff + 1e-12, what + " AWQ alphas");
 }
 
+// The pipeline with layers streamed in by a loader (as `qforge quantize` reads a checkpoint) uploads layer l + 1
+// on another thread while layer l computes (LayerOps::prefetch_layer); its results must be the in-memory run's
+// exactly (same GPU(s), same inputs, same order of work).
+void streamed_matches_in_memory(const std::vector<int>& devices) {
+  testing::TinyLlamaShape shape;
+  shape.layers = 3;
+  LlamaModel a = testing::tiny_llama(5, shape), b = testing::tiny_llama(5, shape),
+             source = testing::tiny_llama(5, shape);
+  PipelineOptions opt;
+  opt.method = Method::kAwqGptq;
+  opt.quant.group_size = 32;
+  opt.progress = false;
+  opt.device = Device::kCuda;
+  opt.cuda_devices = devices;
+  const auto calib = testing::tiny_windows(4, 32, shape.vocab, 8);
+  auto ra = quantize_model(a, calib, opt);
+  for (auto& layer : b.mutable_weights().layers) layer = LayerWeights{};
+  LayerStream stream;
+  stream.load = [&](int l) {
+    b.mutable_weights().layers[size_t(l)] = std::move(source.mutable_weights().layers[size_t(l)]);
+    return Status::ok();
+  };
+  stream.release = [&](int l) { b.mutable_weights().layers[size_t(l)] = LayerWeights{}; };
+  auto rb = quantize_model(b, calib, opt, nullptr, nullptr, nullptr, &stream);
+  const std::string what = std::string("streamed vs in-memory") + (devices.size() > 1 ? " on 2 GPUs" : "");
+  check(ra.has_value() && rb.has_value(), what + ": " + (ra ? "" : ra.message()) + (rb ? "" : rb.message()));
+  if (!ra || !rb) return;
+  bool same = ra->linears.size() == rb->linears.size() && !ra->linears.empty();
+  for (size_t i = 0; same && i < ra->linears.size(); ++i)
+    same = ra->linears[i].output_error == rb->linears[i].output_error &&
+           ra->linears[i].weight_mse == rb->linears[i].weight_mse;
+  std::printf("%s: %zu linears, %s\n", what.c_str(), ra->linears.size(), same ? "identical" : "DIFFERENT");
+  check(same, what + ": identical per-linear errors");
+}
+
+// The multi-GPU adapter's refusals: NCCL not loadable, a GPU listed twice, fewer windows than GPUs.
+void multi_gpu_errors() {
+  testing::TinyLlamaShape s;
+  LlamaModel m = testing::tiny_llama(3, s);
+  const char* before = std::getenv("QFORGE_NCCL");
+  const std::string saved = before ? before : "";
+  setenv("QFORGE_NCCL", "/nonexistent/libnccl.so.2", 1);
+  auto no_nccl = make_cuda_layer_ops(m, std::vector<int>{0, 1}, GpuGemm::kF32);
+  if (before) setenv("QFORGE_NCCL", saved.c_str(), 1);
+  else unsetenv("QFORGE_NCCL");
+  std::printf("no NCCL: %s\n", no_nccl ? "(created)" : no_nccl.message().c_str());
+  check(!no_nccl && no_nccl.message().find("NCCL") != std::string::npos &&
+            no_nccl.message().find("QFORGE_NCCL") != std::string::npos &&
+            no_nccl.message().find("/nonexistent/libnccl.so.2") != std::string::npos,
+        "missing NCCL is an error naming the library and QFORGE_NCCL");
+  auto twice = make_cuda_layer_ops(m, std::vector<int>{0, 0}, GpuGemm::kF32);
+  std::printf("GPU twice: %s\n", twice ? "(created)" : twice.message().c_str());
+  check(!twice && twice.message().find("GPU 0 is listed twice") != std::string::npos, "a GPU listed twice");
+  auto ops = make_cuda_layer_ops(m, std::vector<int>{0, 1}, GpuGemm::kF32);
+  check(ops.has_value(), "2-GPU ops: " + std::string(ops ? "" : ops.message()));
+  if (!ops) return;
+  Tensor x(DType::kF32, {16, m.config().hidden_size});
+  const Status st = (*ops)->set_inputs(std::move(x), 1, 16);
+  std::printf("1 window on 2 GPUs: %s\n", st.message().c_str());
+  check(!st.is_ok() && st.message().find("1 calibration windows over 2 GPUs") != std::string::npos,
+        "fewer windows than GPUs");
+}
+
+// Two GPUs against one on the same inputs, f32 GEMMs: the combined Hessians and mean |x| equal one GPU's up to
+// summation order (kRel), the next layer's inputs come back in the original window order, and the clip values
+// (the same sampled rows, the same search) agree on >= 99% of groups.
+void multi_vs_single_gpu() {
+  testing::TinyLlamaShape shape;
+  LlamaModel m = testing::tiny_llama(17, shape);
+  const ModelConfig& c = m.config();
+  const int64_t N = 5, L = 40, H = c.hidden_size, rows = N * L;
+  Tensor x1(DType::kF32, {rows, H}), x2(DType::kF32, {rows, H});
+  auto win = testing::tiny_windows(N, L, c.vocab_size, 6);
+  for (int64_t s = 0; s < N; ++s)
+    for (int64_t t = 0; t < L; ++t)
+      std::copy_n(m.weights().embed.f32() + int64_t(win[size_t(s)][size_t(t)]) * H, H, x1.f32() + (s * L + t) * H);
+  std::copy_n(x1.f32(), rows * H, x2.f32());
+  auto one = make_cuda_layer_ops(m, std::vector<int>{0}, GpuGemm::kF32);
+  auto two = make_cuda_layer_ops(m, std::vector<int>{0, 1}, GpuGemm::kF32);
+  check(one.has_value() && two.has_value(), "make ops");
+  if (!one || !two) return;
+  std::printf("two GPUs: %s\n", (*two)->name().c_str());
+  check((*one)->set_inputs(std::move(x1), N, L).is_ok() && (*two)->set_inputs(std::move(x2), N, L).is_ok(),
+        "set_inputs");
+  check((*one)->load_layer(0).is_ok() && (*two)->load_layer(0).is_ok(), "load_layer");
+  for (LinearInput slot : kLlamaInputOrder) {
+    Tensor Ha, Hb;
+    const Status sa = (*one)->hessian(0, slot, "one", &Ha), sb = (*two)->hessian(0, slot, "two", &Hb);
+    check(sa.is_ok() && sb.is_ok(), "hessian: " + sa.message() + sb.message());
+    if (!sa.is_ok() || !sb.is_ok()) return;
+    const double d = rel_diff(Ha.f32(), Hb.f32(), Ha.numel());
+    std::printf("1 vs 2 GPUs hessian %s: rel diff %.3g\n", linear_input_name(slot), d);
+    check(d <= kRel, std::string("1 vs 2 GPUs hessian ") + linear_input_name(slot));
+  }
+  SlotMeans ma, mb;
+  check((*one)->awq_capture(0, "one", &ma).is_ok() && (*two)->awq_capture(0, "two", &mb).is_ok(), "awq_capture");
+  for (LinearInput slot : kLlamaInputOrder) {
+    const double d = rel_diff(ma[size_t(slot)].data(), mb[size_t(slot)].data(), int64_t(ma[size_t(slot)].size()));
+    std::printf("1 vs 2 GPUs mean |x| %s: rel diff %.3g\n", linear_input_name(slot), d);
+    check(d <= kRel, std::string("1 vs 2 GPUs mean |x| ") + linear_input_name(slot));
+  }
+  QuantConfig qc;
+  qc.group_size = 32;
+  AwqOptions ao;
+  ao.clip_sample_tokens = 64;  // step 3 over 200 tokens: samples cross window and GPU boundaries
+  const Tensor& W = m.weights().layers[0].w_down;
+  auto ca = (*one)->awq_clip(LinearInput::kDown, W.f32(), W.shape()[0], W.shape()[1], qc, ao, "one");
+  auto cb = (*two)->awq_clip(LinearInput::kDown, W.f32(), W.shape()[0], W.shape()[1], qc, ao, "two");
+  check(ca.has_value() && cb.has_value(), "awq_clip " + std::string(cb ? "" : cb.message()));
+  if (ca && cb) {
+    int64_t same = 0;
+    for (int64_t i = 0; i < ca->numel(); ++i) same += ca->f32()[i] == cb->f32()[i];
+    std::printf("1 vs 2 GPUs clip: %.4f of groups equal\n", double(same) / double(ca->numel()));
+    check(double(same) >= kMinClipAgreement * double(ca->numel()), "1 vs 2 GPUs clip");
+  }
+  (*one)->awq_release();
+  (*two)->awq_release();
+  check((*one)->advance(0).is_ok() && (*two)->advance(0).is_ok(), "advance");
+  // Rows of windows 0 and 1 (GPUs 0 and 1), read from the devices before anything brought them to the host.
+  std::vector<float> ra(size_t(70 * H)), rb(size_t(70 * H));
+  check((*one)->input_rows(70, ra.data()).is_ok() && (*two)->input_rows(70, rb.data()).is_ok(), "input_rows");
+  check(rel_diff(ra.data(), rb.data(), 70 * H) <= kRel, "1 vs 2 GPUs input_rows");
+  auto xa = (*one)->host_inputs();
+  auto xb = (*two)->host_inputs();
+  check(xa.has_value() && xb.has_value(), "host_inputs");
+  if (!xa || !xb) return;
+  const double d = rel_diff((*xa)->f32(), (*xb)->f32(), rows * H);
+  std::printf("1 vs 2 GPUs advance: rel diff %.3g\n", d);
+  check(d <= kRel, "1 vs 2 GPUs advance (window order)");
+}
+
 }  // namespace
 
 int main() {
@@ -247,10 +382,26 @@ int main() {
   testing::TinyLlamaShape gqa;  // 4 query heads on 2 kv heads
   testing::TinyLlamaShape mha;
   mha.kv_heads = 4;
-  compare_ops({"gqa", gqa});
-  compare_ops({"mha", mha});
+  compare_ops({"gqa", gqa}, {0});
+  compare_ops({"mha", mha}, {0});
   for (Method m : {Method::kRtn, Method::kGptq, Method::kAwq, Method::kAwqGptq})
-    for (GpuGemm g : {GpuGemm::kF32, GpuGemm::kBF16}) compare_pipeline(m, g);
+    for (GpuGemm g : {GpuGemm::kF32, GpuGemm::kBF16}) compare_pipeline(m, g, {0});
+  streamed_matches_in_memory({0});
+  // Two GPUs (make_cuda_layer_ops over devices {0, 1}: windows split round-robin, NCCL reductions): the same
+  // comparisons against the CPU with the same bounds. compare_ops' 3 windows give GPU 0 two and GPU 1 one, and
+  // the scale search's 2 windows one each, so uneven shares are covered.
+  const Expected<int> gpus = cuda_device_count();
+  if (gpus && *gpus >= 2) {
+    multi_gpu_errors();
+    compare_ops({"gqa", gqa}, {0, 1});
+    compare_ops({"mha", mha}, {0, 1});
+    for (Method m : {Method::kRtn, Method::kGptq, Method::kAwq, Method::kAwqGptq})
+      for (GpuGemm g : {GpuGemm::kF32, GpuGemm::kBF16}) compare_pipeline(m, g, {0, 1});
+    multi_vs_single_gpu();
+    streamed_matches_in_memory({0, 1});
+  } else {
+    std::printf("MULTI-GPU TESTS NOT RUN: %d GPU(s) visible; they need 2\n", gpus ? *gpus : 0);
+  }
   if (failures) {
     std::printf("%d FAILURES\n", failures);
     return 1;

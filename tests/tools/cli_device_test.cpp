@@ -8,6 +8,7 @@
 #include <string>
 
 #include "quant/cuda/gptq_cuda_ops.h"
+#include "quant/pipeline.h"
 #include "test_util.h"
 
 namespace qforge {
@@ -48,6 +49,44 @@ TEST(CliDevice, QuantizeRefusesUnknownDevicesAndGemmPrecisions) {
   auto bad = run_qforge(std::string("quantize --model ") + existing + " --device tpu --out " + d.file("out"));
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("tpu"), std::string::npos) << bad.output;
+}
+
+TEST(CliDevice, ParsesDeviceLists) {
+  quant::Device dev = quant::Device::kCpu;
+  std::vector<int> gpus;
+  ASSERT_TRUE(quant::parse_device("cuda", &dev, &gpus).is_ok());
+  EXPECT_EQ(dev, quant::Device::kCuda);
+  EXPECT_EQ(gpus, std::vector<int>{0});
+  ASSERT_TRUE(quant::parse_device("cuda:3", &dev, &gpus).is_ok());
+  EXPECT_EQ(gpus, std::vector<int>{3});
+  ASSERT_TRUE(quant::parse_device("cuda:1,0,2", &dev, &gpus).is_ok());
+  EXPECT_EQ(gpus, (std::vector<int>{1, 0, 2}));
+  EXPECT_EQ(quant::device_name(dev, gpus), "cuda:1,0,2");
+  EXPECT_EQ(quant::device_name(quant::Device::kCuda, {0}), "cuda");
+  ASSERT_TRUE(quant::parse_device("cpu", &dev, &gpus).is_ok());
+  EXPECT_EQ(dev, quant::Device::kCpu);
+  const std::pair<const char*, const char*> bad[] = {
+      {"cuda:0,x", "'x' is not a GPU number"}, {"cuda:0,,1", "'' is not a GPU number"},
+      {"cuda:-1", "'-1' is not a GPU number"}, {"cuda:1,1", "GPU 1 is listed twice"},
+      {"cuda:", "'' is not a GPU number"},     {"gpu", "expected cpu, cuda"}};
+  for (const auto& [spec, want] : bad) {
+    const Status st = quant::parse_device(spec, &dev, &gpus);
+    EXPECT_FALSE(st.is_ok()) << spec;
+    EXPECT_NE(st.message().find(want), std::string::npos) << spec << ": " << st.message();
+    EXPECT_NE(st.message().find(std::string("--device ") + spec), std::string::npos) << st.message();
+  }
+}
+
+TEST(CliDevice, QuantizeRefusesMalformedGpuListsBeforeReadingTheModel) {
+  testing::TempDir d;
+  const std::string existing = QFORGE_BINARY;
+  for (const auto& [spec, want] : std::array<std::pair<const char*, const char*>, 2>{
+           {{"cuda:0,x", "'x' is not a GPU number"}, {"cuda:1,1", "GPU 1 is listed twice"}}}) {
+    auto r = run_qforge(std::string("quantize --model ") + existing + " --device " + spec + " --out " + d.file("out"));
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(want), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(d.file("out")));
+  }
 }
 
 }  // namespace

@@ -511,6 +511,13 @@ CudaStatus AwqAbsSum::finalize(float* mean_host, int64_t* first_bad, void* strea
   return CudaStatus::ok();
 }
 
+double* AwqAbsSum::sums_device() {
+  return impl_->sum.as<double>();
+}
+void AwqAbsSum::set_tokens(int64_t tokens) {
+  impl_->tokens = tokens;
+}
+
 int64_t AwqAbsSum::tokens() const {
   return impl_->tokens;
 }

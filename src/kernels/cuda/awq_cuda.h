@@ -68,6 +68,10 @@ class AwqAbsSum {
   CudaStatus finalize(float* mean_host, int64_t* first_bad, void* stream) const;
   // Back to zero rows (asynchronous).
   CudaStatus reset(void* stream);
+  // The f64 sums [C] on the device, for combining the sums of several GPUs (an NCCL all-reduce on `stream`);
+  // then set_tokens(the total) before finalize.
+  double* sums_device();
+  void set_tokens(int64_t tokens);
   int64_t tokens() const;
   int64_t channels() const;
 

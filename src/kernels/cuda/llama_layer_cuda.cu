@@ -537,16 +537,15 @@ CudaStatus LlamaLayerDevice::set_weights(const LayerWeightsHost& w) {
     return CudaStatus::error("set_weights: q/k/v biases given but attention_bias is off");
   GPTQ_TRY(m.enter());
   m.weights_set = false;
+  // cudaMemcpyDefault: the direction from the pointers (unified addressing), host or device sources alike.
   for (const Part& p : parts)
-    GPTQ_CUDA_CHECK(cudaMemcpyAsync(p.dst->as<float>() + p.offset, p.src, size_t(p.count) * 4,
-                                    cudaMemcpyHostToDevice, m.stream));
+    GPTQ_CUDA_CHECK(cudaMemcpyAsync(p.dst->as<float>() + p.offset, p.src, size_t(p.count) * 4, cudaMemcpyDefault,
+                                    m.stream));
   if (m.d.attention_bias) {
+    GPTQ_CUDA_CHECK(cudaMemcpyAsync(m.b_qkv.as<float>(), w.bq, size_t(Q) * 4, cudaMemcpyDefault, m.stream));
+    GPTQ_CUDA_CHECK(cudaMemcpyAsync(m.b_qkv.as<float>() + Q, w.bk, size_t(KV) * 4, cudaMemcpyDefault, m.stream));
     GPTQ_CUDA_CHECK(
-        cudaMemcpyAsync(m.b_qkv.as<float>(), w.bq, size_t(Q) * 4, cudaMemcpyHostToDevice, m.stream));
-    GPTQ_CUDA_CHECK(
-        cudaMemcpyAsync(m.b_qkv.as<float>() + Q, w.bk, size_t(KV) * 4, cudaMemcpyHostToDevice, m.stream));
-    GPTQ_CUDA_CHECK(cudaMemcpyAsync(m.b_qkv.as<float>() + Q + KV, w.bv, size_t(KV) * 4,
-                                    cudaMemcpyHostToDevice, m.stream));
+        cudaMemcpyAsync(m.b_qkv.as<float>() + Q + KV, w.bv, size_t(KV) * 4, cudaMemcpyDefault, m.stream));
   }
   if (m.bf16_mode()) {
     GPTQ_TRY(layer_detail::launch_to_bf16(m.w_qkv.as<float>(), m.QKV * H, m.w16_qkv.as<bf16>(), m.stream));

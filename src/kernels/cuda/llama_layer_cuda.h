@@ -119,7 +119,9 @@ class LlamaLayerDevice {
   CudaStatus set_inputs(const float* x_host);         // [windows * seqlen, H] f32
   CudaStatus get_inputs(float* x_host) const;         // [windows * seqlen, H] f32
   float* inputs_dev() const;                          // [windows * seqlen, H] f32 device, on stream()
-  CudaStatus set_weights(const LayerWeightsHost& w);  // uploads (again) the whole layer (bf16 copies too)
+  // Copies (again) the whole layer in (bf16 copies too). The pointers may be host memory (pinned for speed) or
+  // device memory of this GPU (a layer uploaded ahead on another stream: a device-to-device copy).
+  CudaStatus set_weights(const LayerWeightsHost& w);
   // Uploads again only the linears that read `slot` (q/k/v, o, gate/up or down; their bf16 copies too), after
   // set_weights: what GPTQ changed when it quantized that slot. The other pointers of w are not read.
   CudaStatus update_linears(LayerSlot slot, const LayerWeightsHost& w);

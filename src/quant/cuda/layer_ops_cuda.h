@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "core/status.h"
 #include "quant/layer_ops.h"
@@ -30,6 +31,17 @@ int64_t cuda_pipeline_bytes(const ModelConfig& c, int64_t windows, int64_t seqle
 // A LayerOps on CUDA device `device` for `model` (whose weights it uploads on load_layer). Errors: no usable
 // GPU, no CUDA in this build.
 Expected<std::unique_ptr<LayerOps>> make_cuda_layer_ops(const LlamaModel& model, int device, GpuGemm gemm);
+
+// Several GPUs of this host (devices.size() >= 2; one is the overload above): the calibration windows dealt
+// round-robin over them, each GPU running the layer forward on its own windows, Hessians and AWQ's statistics
+// combined with NCCL (loaded at run time: quant/cuda/nccl_comm.h), GPTQ's solves on devices[0]. What is combined
+// where: layer_ops_cuda.cpp, "several GPUs". Errors: NCCL missing, a GPU missing or listed twice, and (at
+// set_inputs) fewer calibration windows than GPUs.
+Expected<std::unique_ptr<LayerOps>> make_cuda_layer_ops(const LlamaModel& model, std::span<const int> devices,
+                                                        GpuGemm gemm);
+
+// The number of CUDA devices this process sees (for --device cuda:all).
+Expected<int> cuda_device_count();
 
 // Free and total device memory of `device`, for the up-front check.
 Status cuda_device_memory(int device, int64_t* free_bytes, int64_t* total_bytes);
