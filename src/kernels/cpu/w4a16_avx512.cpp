@@ -68,12 +68,15 @@ void convert_sz(const W4View& w, int64_t o, int R, float* sf, float* zf) {
 
 // One 64-column chunk for R output rows and MB activation rows.
 //   acc[m][r] += W[row r, chunk] . xc[m, :]     xc = xi + c*64 (row stride in), cc = codes of row 0 + c*32
-// pf: where to prefetch (a later row block; 2 lines per chunk cover a 4-row block at the rate it is read).
+// pf: where to prefetch (a later row block; 2 lines per chunk cover a 4-row block at the rate it is read). Into
+// L2 (T1), not L1: L1 keeps the activations (in * 4 bytes here, in * 2 for bf16) and the rows being read, and the
+// hardware streamer moves the next block up from L2. With T0, the 11008-wide rows (a 22 KB block ahead next to
+// 22-44 KB of activations in a 48 KB L1) lost 4-5 points of bandwidth (docs/packed-checkpoints.md, session 8).
 template <int R, int MB>
 QF_INLINE void chunk_body(__m512 (&acc)[MB][R], const float* xc, int64_t in, const uint8_t* cc,
                           int64_t row_bytes, const __m512 (&lo)[R], const __m512 (&hi)[R], const uint8_t* pf) {
-  _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
+  _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T1);
   __m512i code[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)

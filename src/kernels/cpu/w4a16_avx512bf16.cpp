@@ -96,8 +96,8 @@ QF_INLINE void accumulate(__m512 (&acc)[MB][R], const uint16_t* xb, int64_t in, 
 #pragma GCC unroll 2
           for (int n = 0; n < NC; ++n) d[n][m][r] = _mm512_setzero_ps();
       for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-        _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R)), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R) + 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R)), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R) + 64), _MM_HINT_T1);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           __m512i lo, hi;
@@ -124,8 +124,8 @@ QF_INLINE void accumulate(__m512 (&acc)[MB][R], const uint16_t* xb, int64_t in, 
   } else {
     const int64_t hpg = gs / 32;  // 32-column halves per group
     for (int64_t c = 0; c < n_chunks; ++c) {
-      _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R)), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R) + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R)), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + c * (32 * R) + 64), _MM_HINT_T1);
       const int64_t glo = (2 * c) / hpg, ghi = (2 * c + 1) / hpg;
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
@@ -179,7 +179,7 @@ void gemm_rows(const uint16_t* xb, const float* xsum, int64_t M, const W4View& w
   const int64_t in = w.in, G = in / w.group_size;
   float* sf = scratch;
   float* szf = scratch + kRowBlock * G;
-  // Software prefetch >= 4 KiB ahead, as in the f32 kernel.
+  // Software prefetch of the next row block (>= 4 KiB ahead) into L2, as in the f32 kernel (why: there).
   const int64_t block_bytes = kRowBlock * (in / 2);
   const int64_t ahead_blocks = (4096 + block_bytes - 1) / block_bytes;
   for (int64_t o = o0; o < o1; o += kRowBlock) {
