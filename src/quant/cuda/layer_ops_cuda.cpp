@@ -170,6 +170,12 @@ Status upload(DevBuf& dst, const float* src, int64_t n, std::string_view what, v
   return Status::ok();
 }
 
+// Every pointer of a LayerWeightsHost, in the order of stage_layer_weights's tensors.
+std::array<const float**, 12> weight_ptrs(cuda::LayerWeightsHost& hw) {
+  return {&hw.attn_norm, &hw.wq, &hw.wk, &hw.wv, &hw.wo, &hw.bq, &hw.bk, &hw.bv,
+          &hw.mlp_norm, &hw.w_gate, &hw.w_up, &hw.w_down};
+}
+
 // Copies layer l's tensors (all, or only the linears reading `only`) of `model` into the page-locked `buf` (free
 // for writing) and points *hw at the copies (the others at the model's own memory); *floats = the floats staged.
 Status stage_layer_weights(const LlamaModel& model, PinnedBuf& buf, int l, std::optional<LinearInput> only, cuda::LayerWeightsHost* hw,
@@ -177,8 +183,7 @@ Status stage_layer_weights(const LlamaModel& model, PinnedBuf& buf, int l, std::
   const LayerWeights& w = model.weights().layers[size_t(l)];
   const Tensor* parts[] = {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.bq, &w.bk, &w.bv,
                            &w.mlp_norm, &w.w_gate, &w.w_up, &w.w_down};
-  const float** dst[] = {&hw->attn_norm, &hw->wq, &hw->wk, &hw->wv, &hw->wo, &hw->bq, &hw->bk, &hw->bv,
-                         &hw->mlp_norm, &hw->w_gate, &hw->w_up, &hw->w_down};
+  const std::array<const float**, 12> dst = weight_ptrs(*hw);
   auto wanted = [&](const Tensor* t) {
     if (!only) return true;
     for (const LinearSpec& sp : kLlamaLinears)
@@ -384,38 +389,29 @@ class CudaLayerOps final : public LayerOps {
   const float* kept_input(LinearInput slot) const { return X_[int(slot)].f32(); }
   void* stream() const { return eng_ ? eng_->stream() : nullptr; }
 
-  Status load_layer(int l) override {
+  Status load_layer(int l) override { return load_layer_staged(l, nullptr); }
+  // load_layer, from the copy uploaded ahead (prefetch_layer) if there is one, else from `staged` (page-locked
+  // host copies another thread made, e.g. one for every GPU), else staged here.
+  Status load_layer_staged(int l, const cuda::LayerWeightsHost* staged) {
     layer_ = l;
     kept_ = Kept::kNone;
     if (!eng_) return Status::ok();
     OpTrace tr("load_layer", stream());
     cuda::LayerWeightsHost hw;
-    QF_RETURN_IF_ERROR(stage_or_prefetched(l, &hw));
-    return from_cuda(eng_->set_weights(hw)).with_context(fmt::format("model.layers.{}: weights to the GPU", l));
-  }
-  // load_layer from weights another thread staged (hw: page-locked host memory, e.g. one copy for every GPU).
-  Status load_layer_staged(int l, const cuda::LayerWeightsHost& staged) {
-    layer_ = l;
-    kept_ = Kept::kNone;
-    if (!eng_) return Status::ok();
-    OpTrace tr("load_layer", stream());
-    cuda::LayerWeightsHost hw = staged;
-    if (next_layer_ == l) QF_RETURN_IF_ERROR(stage_or_prefetched(l, &hw));
-    return from_cuda(eng_->set_weights(hw)).with_context(fmt::format("model.layers.{}: weights to the GPU", l));
-  }
-  bool prefetched(int l) const { return !eng_ || next_layer_ == l; }
-  // The layer's weights as uploaded ahead (prefetch_layer), or else staged now.
-  Status stage_or_prefetched(int l, cuda::LayerWeightsHost* hw) {
     if (next_layer_ == l) {
-      // Uploaded ahead (prefetch_layer): a device-to-device copy once the upload is done.
+      // Uploaded ahead: a device-to-device copy once the upload is done.
       next_layer_ = -1;
       QF_CUDA_RT(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream()), next_ready_, 0),
                  fmt::format("model.layers.{}: waiting for its upload", l));
-      *hw = next_hw_;
-      return Status::ok();
+      hw = next_hw_;
+    } else if (staged) {
+      hw = *staged;
+    } else {
+      QF_RETURN_IF_ERROR(stage_layer(l, std::nullopt, &hw));
     }
-    return stage_layer(l, std::nullopt, hw);
+    return from_cuda(eng_->set_weights(hw)).with_context(fmt::format("model.layers.{}: weights to the GPU", l));
   }
+  bool prefetched(int l) const { return !eng_ || next_layer_ == l; }
 
   // Layer l staged into a second page-locked buffer and uploaded on a copy stream into a second device buffer,
   // while the engine's stream computes the current layer; load_layer(l) then copies it device to device. Runs
@@ -446,9 +442,7 @@ class CudaLayerOps final : public LayerOps {
                fmt::format("model.layers.{}: upload", l));
     QF_CUDA_RT(cudaEventRecord(next_ready_, copy_stream_), "the upload event");
     // The same offsets in the device copy.
-    const float** p[] = {&hw.attn_norm, &hw.wq, &hw.wk, &hw.wv, &hw.wo, &hw.bq, &hw.bk, &hw.bv,
-                         &hw.mlp_norm, &hw.w_gate, &hw.w_up, &hw.w_down};
-    for (const float** q : p)
+    for (const float** q : weight_ptrs(hw))
       if (*q) *q = next_dev_.f32() + (*q - base);
     next_hw_ = hw;
     next_layer_ = l;
@@ -893,7 +887,7 @@ class MultiGpuLayerOps final : public LayerOps {
     bool uploaded = true;  // every GPU has it from prefetch_layer: nothing to stage
     for (int k = 0; k < active_; ++k) uploaded = uploaded && shards_[size_t(k)]->prefetched(l);
     if (!uploaded) QF_RETURN_IF_ERROR(stage_layer_weights(model_, stage_, l, std::nullopt, &hw, nullptr));
-    return on_all([&](int k) { return shards_[size_t(k)]->load_layer_staged(l, hw); });
+    return on_all([&](int k) { return shards_[size_t(k)]->load_layer_staged(l, uploaded ? nullptr : &hw); });
   }
   Status load_linears(int l, LinearInput slot) override {
     cuda::LayerWeightsHost hw;
