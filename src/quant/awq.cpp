@@ -263,7 +263,7 @@ Expected<Tensor> awq_search_clip(const float* W, int64_t out, int64_t C, const f
   const int n_shrink = std::max(1, int(opt.max_shrink * opt.n_grid));
 
   // Deterministic stride subsample of the tokens, copied contiguous.
-  const int64_t step = std::max<int64_t>(1, T / opt.clip_sample_tokens);
+  const int64_t step = awq_clip_token_step(T, opt.clip_sample_tokens);
   const int64_t ts = (T + step - 1) / step;
   std::vector<float> xs(static_cast<size_t>(ts * C));
   for (int64_t k = 0; k < ts; ++k) std::copy_n(x + k * step * C, C, xs.data() + k * C);

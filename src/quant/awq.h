@@ -16,6 +16,7 @@
 //   3. Quantize (rtn_quantize with grid kAwq, or GPTQ) the scaled, clipped weights.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -113,6 +114,12 @@ Expected<ScaleResult> awq_search_scales(const float* x_mean_abs /*[C]*/, int64_t
                                         std::span<const float* const> weights /*each [outs[i], C]*/,
                                         std::span<const int64_t> outs, const QuantConfig& cfg,
                                         const AwqOptions& opt, AwqSearchOps& ops, std::string_view name);
+
+// The clip search's token stride (awq_search_clip below takes tokens 0, step, 2 step, ... < T; clip_sample_tokens
+// >= 1). The multi-GPU backend gathers the same tokens with it.
+inline int64_t awq_clip_token_step(int64_t T, int64_t clip_sample_tokens) {
+  return std::max<int64_t>(1, T / clip_sample_tokens);
+}
 
 // The AWQ clip search for one linear W [out, C] fed by x [T, C] (the input AFTER the scales were applied,
 // i.e. divided by s). Per (row, quant group): amax = max |W_group|; for i in 0..int(max_shrink * n_grid)-1,

@@ -995,7 +995,7 @@ class MultiGpuLayerOps final : public LayerOps {
     if (opt.clip_sample_tokens < 1) return error("{}: clip sample tokens {} < 1", name, opt.clip_sample_tokens);
     // One GPU's token choice (quant/awq.h awq_search_clip): t = 0, step, 2 step, ... < T.
     const int K = int(shards_.size());
-    const int64_t T = N_ * L_, step = std::max<int64_t>(1, T / opt.clip_sample_tokens), n_s = (T + step - 1) / step;
+    const int64_t T = N_ * L_, step = awq_clip_token_step(T, opt.clip_sample_tokens), n_s = (T + step - 1) / step;
     QF_RETURN_IF_ERROR(gather_.ensure(n_s * C * 4));
     float* g = gather_.f32();
     QF_RETURN_IF_ERROR(on_all([&](int k) {
