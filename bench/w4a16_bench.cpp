@@ -25,6 +25,7 @@
 
 #include "bench_util.h"
 #include "core/dtype.h"
+#include "core/huge_pages.h"
 #include "kernels/cpu/w4a16.h"
 
 using namespace qforge;
@@ -135,7 +136,9 @@ struct Bandwidth {
 };
 Bandwidth measure_bandwidth(BenchPool& pool, int64_t bytes) {
   const int64_t n = bytes / 4 / 64 * 64;
-  std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+  // Same allocation as the weights (huge pages unless QFORGE_HUGE_PAGES=0), so the ceiling is measured on the
+  // same kind of pages as the kernels that are compared with it.
+  HugeVector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
   pool.run([&](int t) {  // first touch by the thread that will use the pages
     int64_t lo, hi;
     split(n, pool.size(), t, 64, &lo, &hi);
@@ -306,6 +309,8 @@ int main(int argc, char** argv) {
              cpu_name(), std::thread::hardware_concurrency(), threads, openblas_get_num_threads());
   fmt::print("int4 kernel: {} (detected {}); LLC {} MiB, every timing rotates over >= {} MiB of weight copies\n",
              cpu_isa_name(w4_active_isa()), cpu_isa_name(w4_detected_isa()), llc >> 20, rotate_bytes >> 20);
+  fmt::print("pages: weights and bandwidth arrays {} (QFORGE_HUGE_PAGES={})\n",
+             huge_pages_advised() ? "advised as transparent huge pages" : "on small pages", huge_pages_advised() ? 1 : 0);
   BenchPool pool(threads);
   fmt::print("load average at start: {} (other processes on these cores make every number below lower)\n",
              loadavg());
@@ -343,6 +348,8 @@ int main(int argc, char** argv) {
     // Copies of the weights, each in its own allocation, totalling >= rotate_bytes.
     const int64_t n_i4 = std::max<int64_t>(2, (rotate_bytes + w0.bytes() - 1) / w0.bytes());
     std::vector<W4Weight> w4s(size_t(n_i4), w0);
+    fmt::print("  weight copies: {} MiB, {} MiB of this process on huge pages\n", n_i4 * w0.bytes() >> 20,
+               anon_huge_page_bytes() >> 20);
     const int64_t mat = out * in;
     const int64_t n_f32 = std::max<int64_t>(2, (rotate_bytes + 4 * mat - 1) / (4 * mat));
     const int64_t n_bf = std::max<int64_t>(2, (rotate_bytes + 2 * mat - 1) / (2 * mat));
@@ -372,7 +379,7 @@ int main(int argc, char** argv) {
     // f32: OpenBLAS sgemv (M = 1) / sgemm (M > 1).
     std::vector<double> f32_t;
     {
-      std::vector<float> A(size_t(n_f32 * mat));
+      HugeVector<float> A(size_t(n_f32 * mat));
       for (int64_t i = 0; i < mat; ++i) A[size_t(i)] = pattern(i);
       for (int64_t c = 1; c < n_f32; ++c) std::memcpy(&A[size_t(c * mat)], A.data(), size_t(mat) * 4);
       cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, A.data(), int(in), x.data(), 1, 0.0f,
@@ -395,7 +402,7 @@ int main(int argc, char** argv) {
     // bf16 (M = 1 only).
     double bf_t = 0;
     {
-      std::vector<uint16_t> A(size_t(n_bf * mat));
+      HugeVector<uint16_t> A(size_t(n_bf * mat));
       for (int64_t i = 0; i < mat; ++i) A[size_t(i)] = f32_to_bf16(pattern(i));
       for (int64_t c = 1; c < n_bf; ++c) std::memcpy(&A[size_t(c * mat)], A.data(), size_t(mat) * 2);
       std::vector<float> xb(static_cast<size_t>(in));

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "core/status.h"
 
 namespace qforge::kernels {
@@ -27,9 +28,10 @@ inline constexpr int64_t kW4MinGroup = 32;   // smallest group size: a 16-lane v
 struct W4Weight {
   int64_t out = 0, in = 0;      // in % kW4Chunk == 0
   int64_t group_size = 0;       // multiple of 32 dividing in (== in for per-channel)
-  std::vector<uint8_t> codes;   // [out, in/2] nibbles, layout above
-  std::vector<uint16_t> scales; // [out, in/group_size] fp16 bits
-  std::vector<float> zeros;     // [out, in/group_size] f32: integers for AWQ/GPTQ, -m/d for GGUF Q4_1 (f32 keeps
+  // Streamed once per call: kept on transparent huge pages (core/huge_pages.h).
+  HugeVector<uint8_t> codes;    // [out, in/2] nibbles, layout above
+  HugeVector<uint16_t> scales;  // [out, in/group_size] fp16 bits
+  HugeVector<float> zeros;      // [out, in/group_size] f32: integers for AWQ/GPTQ, -m/d for GGUF Q4_1 (f32 keeps
                                 //   q*d + m to f32 rounding, where fp16 would move it by up to 2^-8 d)
   std::vector<int32_t> perm;    // [in] or empty: kernel column k reads x[perm[k]]
 
