@@ -8,6 +8,8 @@
 // the tail stays on small pages, so resident memory is what the bytes need. Measured effect:
 // docs/packed-checkpoints.md, "Weights on transparent huge pages".
 //
+// Used for the packed W4 weights (long-lived, streamed every token), not for Tensor: tensors are also per-call
+// temporaries, and a huge-page fault in an advised range can stall on compaction (THP defrag "madvise").
 // QFORGE_HUGE_PAGES=0 in the environment turns the advice off (read once); systems without THP ignore it.
 #pragma once
 

@@ -1,6 +1,5 @@
 #include "core/tensor.h"
 
-#include "core/huge_pages.h"
 #include "core/parallel.h"
 
 #include <fmt/format.h>
@@ -23,7 +22,8 @@ Tensor::Tensor(DType t, Shape s) {
   size_t bytes = size_t(s.numel()) * dtype_size(t);
   size_t alloc = (bytes + 63) / 64 * 64;
   if (alloc == 0) alloc = 64;
-  void* p = alloc_streamed(alloc);  // 64-byte aligned; huge pages from 2 MiB (core/huge_pages.h)
+  void* p = std::aligned_alloc(64, alloc);
+  if (!p) throw std::bad_alloc();
   // Large tensors are zeroed by all host threads: the first touch of fresh pages (page faults) dominates, and
   // one thread does it at ~2-4 GB/s.
   char* bytes_p = static_cast<char*>(p);
