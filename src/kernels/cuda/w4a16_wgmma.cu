@@ -23,9 +23,8 @@
 //   warpgroups 1, 2: consumers, 64 output rows each (warp w owns one 16-row weight tile). Per stage: wait
 //     `full`, load the lane's 16 weight bytes and its scale/zero, dequantise 4 words into the A fragments of
 //     4 k-steps ((c - z) * s, one rounding: dequant_word2), issue 4 wgmma m64nBMk16 (fp32 accumulators in
-//     registers) and commit. Two A-fragment register sets alternate between stages, so stage k+1 is dequantised
-//     while stage k's group is in flight; wait_group 1 then retires stage k and releases its slot (`empty`).
-//     The two consumer warpgroups also overlap each other's dequantisation and MMAs.
+//     registers), commit, wait for the group (the A registers are reused next stage) and release the slot
+//     (`empty`); the two consumer warpgroups overlap each other's dequantisation and MMAs.
 // Split-K runs over a thread-block cluster along z: each block leaves its fp32 tile in its own shared memory,
 // and after a cluster barrier block r sums slice r of the tile over all blocks of the cluster in rank order
 // through distributed shared memory (deterministic, no global partials, no counters).
@@ -392,9 +391,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
     float acc[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    // Stage `it`: wait for its slot, dequantise its weights into the A-fragment set `af`, issue its 4 wgmma as
-    // one group. The group reads `af` (registers) and the slot's activation tile asynchronously.
-    auto issue = [&](int it, uint32_t (&af)[4][4]) {
+    for (int it = 0; it < n_iter; ++it) {
       const int slot = it % STAGES;
       mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot])), (it / STAGES) & 1);
       const unsigned char* st = smem + slot * L::kStage;
@@ -403,6 +400,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
       const uint32_t zp = asym ? st[L::kOffZ + sl_lane * (kWgBN / 2) + cw * 8 + gid]
                                : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
       const TileConsts tc = tile_consts<kBF16, false>(sp, zp);
+      uint32_t af[4][4];
       dequant_word2<kBF16, false>(wq.x, tc, af[0]);
       dequant_word2<kBF16, false>(wq.y, tc, af[1]);
       dequant_word2<kBF16, false>(wq.z, tc, af[2]);
@@ -413,41 +411,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
 #pragma unroll
       for (int t = 0; t < 4; ++t) WgmmaOp<kBF16, BM>::run(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
       wgmma_commit();
-    };
-    // After the wait that retired stage `it`'s group: keep its A fragments live up to here (the register fences
-    // stop the compiler from reusing them while the MMAs may still read them) and release its slot.
-    auto retire = [&](int it, uint32_t (&af)[4][4]) {
-#pragma unroll
-      for (int t = 0; t < 4; ++t)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(af[t][j])::"memory");
+      // The MMAs read af (registers) asynchronously, and the next stage's dequantisation writes the same
+      // registers: wait for this stage's group before going on. (Keeping one group in flight, wait_group 1,
+      // gave wrong results on full grids: ptxas does not keep af's registers reserved until the wait.) The other
+      // consumer warpgroup's MMAs overlap this one's dequantisation.
+      wgmma_wait<0>();
       fence_operands(acc);
-      if (lane == 0) mbar_arrive(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[it % STAGES])));
-    };
-    // Two A-fragment sets (even stages afA, odd stages afB): stage k+1 is dequantised into the other set while
-    // stage k's group is in flight, then wait_group 1 retires stage k (one group stays in flight).
-    uint32_t afA[4][4], afB[4][4];
-    int it = 1;
-    if (n_iter > 0) issue(0, afA);
-    for (; it + 1 < n_iter; it += 2) {
-      issue(it, afB);
-      wgmma_wait<1>();  // retires stage it - 1 (afA)
-      retire(it - 1, afA);
-      issue(it + 1, afA);
-      wgmma_wait<1>();  // retires stage it (afB)
-      retire(it, afB);
-    }
-    // Drain. Both branches end in wait_group 0, so no path from an MMA reaches the accumulator reads below
-    // without a wait (otherwise ptxas injects its own wait and serialises every wgmma of the kernel).
-    if (it < n_iter) {  // even n_iter: the last stage (odd index) goes into afB
-      issue(it, afB);
-      wgmma_wait<1>();
-      retire(it - 1, afA);
-      wgmma_wait<0>();
-      retire(it, afB);
-    } else {  // odd n_iter: the last stage (even index) is in afA
-      wgmma_wait<0>();
-      if (n_iter > 0) retire(it - 1, afA);
+      if (lane == 0) mbar_arrive(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])));
     }
     asm volatile("bar.sync 1, %0;" ::"n"(kWgConsumers) : "memory");  // both warpgroups are done with the ring
 
