@@ -6,7 +6,7 @@
 // pages (Linux madvise MADV_HUGEPAGE) before anything touches them, so they work where the system's setting is
 // "madvise" (the Debian default) as well as "always". Only the whole 2 MiB pages inside an allocation are advised:
 // the tail stays on small pages, so resident memory is what the bytes need. Measured effect:
-// docs/packed-checkpoints.md, "Weights on transparent huge pages".
+// docs/packed-checkpoints.md, "Packed weights on transparent huge pages".
 //
 // Used for the packed W4 weights (long-lived, streamed every token), not for Tensor: tensors are also per-call
 // temporaries, and a huge-page fault in an advised range can stall on compaction (THP defrag "madvise").
@@ -24,8 +24,9 @@ namespace qforge {
 inline constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 // `bytes` (0 allowed) aligned to 64 bytes, and to kHugePageBytes with the huge-page advice from kHugePageBytes up.
-// Free with std::free. Throws std::bad_alloc.
+// Free with free_streamed. Throws std::bad_alloc.
 void* alloc_streamed(size_t bytes);
+void free_streamed(void* p) noexcept;
 // Whether alloc_streamed advises huge pages (false when QFORGE_HUGE_PAGES=0 or the OS has no madvise).
 bool huge_pages_advised();
 // AnonHugePages of this process in bytes (/proc/self/smaps_rollup), or -1 where that is not available.
@@ -42,14 +43,10 @@ struct HugePageAllocator {
     if (n > std::numeric_limits<size_t>::max() / sizeof(T)) throw std::bad_array_new_length();
     return static_cast<T*>(alloc_streamed(n * sizeof(T)));
   }
-  void deallocate(T* p, size_t) noexcept;
+  void deallocate(T* p, size_t) noexcept { free_streamed(p); }
   template <typename U>
   bool operator==(const HugePageAllocator<U>&) const noexcept { return true; }
 };
-
-void free_streamed(void* p) noexcept;
-template <typename T>
-void HugePageAllocator<T>::deallocate(T* p, size_t) noexcept { free_streamed(p); }
 
 template <typename T>
 using HugeVector = std::vector<T, HugePageAllocator<T>>;
