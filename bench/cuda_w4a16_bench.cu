@@ -431,7 +431,7 @@ int main(int argc, char** argv) {
         std::string line;
         double best = 1e30;
         std::string best_s;
-        for (int bm : {64, 128, 256})
+        for (int bm : {64, 128, 192, 256})
           for (int split : {0, 1, 2, 3, 4}) {
             if (4 * bm < M) continue;
             ctx.set_wgmma_tuning({bm, split});

@@ -20,9 +20,10 @@
 //             Needs out % 32 == 0.
 //   wgmma   - Hopper only (sm_90a build on a cc 9.0 device; w4a16_wgmma.cu): warpgroup MMA with the dequantised
 //             weight as the register A operand and the activations (staged once per call into wgmma's swizzled
-//             layout) as the shared-memory B operand; a producer thread feeds a multi-stage mbarrier ring with bulk
-//             copies; split-K over a thread-block cluster, reduced in rank order through distributed shared
-//             memory. Needs out % 128 == 0. kAuto uses it on such devices from batch kW4WgmmaMinM.
+//             layout) as the shared-memory B operand; a producer thread feeds a multi-stage mbarrier ring of
+//             activation tiles with bulk copies, each consumer lane streams its weight bytes into a register ring;
+//             split-K over a thread-block cluster, reduced in rank order through distributed shared memory. Needs
+//             out % 128 == 0. kAuto uses it on such devices from batch kW4WgmmaMinM.
 //   cublas  - dequantize W to fp16/bf16 in a workspace and call cuBLAS (for large batches, as vLLM does).
 // The packed layout is in w4a16_layout.h.
 #pragma once
@@ -161,7 +162,7 @@ class W4A16Context {
     int shape = 0, split = 0;
   };
   void set_gemm_tuning(GemmTuning t);
-  // Benchmark / tuning hook for the wgmma path: batch rows per block (64, 128, 256), K slices over a cluster
+  // Benchmark / tuning hook for the wgmma path: batch rows per block (64, 128, 192, 256), K slices over a cluster
   // (1..4); 0 = built in.
   struct WgmmaTuning {
     int bm = 0, split = 0;
@@ -191,13 +192,13 @@ inline constexpr int64_t kW4GemmMinM = 33;
 inline constexpr int64_t kW4GemmMinWeights = int64_t{1} << 25;
 inline constexpr int64_t kW4CublasCrossoverM = 128;
 // kAuto on devices where the wgmma path runs (w4a16_wgmma.cu, sm_90a), weights with out % 128 == 0 (measured on
-// H100 80GB HBM3, docs/cuda-kernels.md, "Warpgroup MMA"): wgmma from batch kW4WgmmaMinM on weights of at least
-// kW4WgmmaMinWeights elements (70B-class: it ties gemm at M = 64 and wins 1.5-1.8x at 128), and from batch
-// kW4WgmmaMinMSmall on weights of at least kW4WgmmaMinWeightsSmall (7B-class: at M = 64 gemm / mma win by 1.2-1.6x,
-// at M = 128 wgmma wins by 1.01-1.25x); the paths above elsewhere.
-inline constexpr int64_t kW4WgmmaMinM = 65;
+// H100 80GB HBM3, docs/cuda-kernels.md, "Session 10"): wgmma from batch kW4WgmmaMinM on weights of at least
+// kW4WgmmaMinWeights elements (70B-class: it ties mma / gemm at M = 32 and wins 1.4-1.6x at 48-64), and from batch
+// kW4WgmmaMinMSmall on weights of at least kW4WgmmaMinWeightsSmall (7B-class: at M = 48-64 mma / gemm are up to 7%
+// faster, at M = 96 wgmma wins by 1.2-1.5x); the paths above elsewhere.
+inline constexpr int64_t kW4WgmmaMinM = 33;
 inline constexpr int64_t kW4WgmmaMinWeights = int64_t{1} << 26;
-inline constexpr int64_t kW4WgmmaMinMSmall = 128;
+inline constexpr int64_t kW4WgmmaMinMSmall = 65;
 inline constexpr int64_t kW4WgmmaMinWeightsSmall = int64_t{1} << 24;
 
 }  // namespace qforge::cuda

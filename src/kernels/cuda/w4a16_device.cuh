@@ -1,4 +1,4 @@
-// Device helpers shared by the W4A16 kernels: int4 -> fp16/bf16 conversion, cp.async, mma.sync.
+// Device helpers shared by the W4A16 kernels: int4 -> fp16/bf16 conversion, streaming loads, cp.async, mma.sync.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -141,6 +141,15 @@ __device__ __forceinline__ void dequant_word2(uint32_t w, const TileConsts& c, u
       }
     }
   }
+}
+
+// 16 bytes streamed once: no L1 allocation, 256-byte L2 prefetch (a warp reads 512 contiguous bytes).
+__device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
 }
 
 template <bool kBF16>

@@ -37,15 +37,6 @@ constexpr int kGvMaxWarps = 8;
 // at full depth (DX = D) raised registers to 110-243 and was 1.3-2x slower at every shape.
 constexpr int kGvXAhead = 2;
 
-// 16 bytes streamed once: no L1 allocation, 256-byte L2 prefetch (a warp reads 512 contiguous bytes).
-__device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
 // Blocks of 8 warps per SM the register budget is sized for (2: 128 registers per thread, 1: 255).
 template <int NT, int D>
 constexpr int gemv_min_blocks() {

@@ -78,7 +78,7 @@ int gemm_block_n(int shape);
 cudaError_t gemm_plan(bool bf16, int M, int N, int K, int sm_count, GemmConfig want, GemmPlan* plan);
 cudaError_t gemm_launch(bool bf16, const GemmPlan& plan, const MmaArgs& args, cudaStream_t stream);
 
-// Hopper warpgroup-MMA GEMM (w4a16_wgmma.cu, sm_90a only): blocks of 128 output rows x bm (64, 128, 256) batch
+// Hopper warpgroup-MMA GEMM (w4a16_wgmma.cu, sm_90a only): blocks of 128 output rows x bm (64, 128, 192, 256) batch
 // rows, split = K slices over a thread-block cluster (<= 4); 0 = choose. Needs N % 128 == 0. The activations
 // are first staged (kernel-column order, wgmma slot order, swizzled, zero-padded to m_pad rows) into a
 // workspace of xs_bytes.

@@ -16,15 +16,20 @@
 // gather (x[m, perm[kc]]) and zero-fills rows M..Mpad-1, so one 1-D bulk copy moves a stage's whole
 // [BM x 64] activation tile into shared memory already in wgmma's layout (no tensor map needed).
 //
-// Block = 3 warpgroups (384 threads), BN = 128 output rows, BM = 64 / 128 / 256 batch rows:
+// Block = 3 warpgroups (384 threads), BN = 128 output rows, BM = 64 / 128 / 192 / 256 batch rows:
 //   warpgroup 0, one thread: producer. Per stage (64 kernel columns) it waits for the slot to be free
-//     (mbarrier `empty`), then issues cp.async.bulk copies completing on mbarrier `full`: the [BM x 128 B]
-//     activation tile, the 8 packed 512-byte weight tiles, SLOTS rows of BN scales (and zeros).
-//   warpgroups 1, 2: consumers, 64 output rows each (warp w owns one 16-row weight tile). Per stage: wait
-//     `full`, load the lane's 16 weight bytes and its scale/zero, dequantise 4 words into the A fragments of
-//     4 k-steps ((c - z) * s, one rounding: dequant_word2), issue 4 wgmma m64nBMk16 (fp32 accumulators in
-//     registers), commit, wait for the group (the A registers are reused next stage) and release the slot
-//     (`empty`); the two consumer warpgroups overlap each other's dequantisation and MMAs.
+//     (mbarrier `empty`), then issues one cp.async.bulk copy of the [BM x 128 B] activation tile completing on
+//     mbarrier `full`. It waits for the staging kernel (griddepcontrol.wait) before its first copy: the two
+//     kernels run with programmatic dependent launch, so this kernel's prologue overlaps the staging.
+//   warpgroups 1, 2: consumers, 64 output rows each (warp w owns one 16-row weight tile). Each lane streams its
+//     own 16 bytes of every weight tile, its scale and its zero from global memory into a register ring
+//     kWDepth stages ahead (16-byte ld.global.nc, no L1 allocation); weights never touch shared memory. Per
+//     stage: wait `full`, dequantise the 4 words into the A fragments of 4 k-steps ((c - z) * s, one rounding:
+//     dequant_word2), issue 4 wgmma m64nBMk16 (fp32 accumulators in registers), commit, wait for the group (the
+//     A registers are reused next stage) and release the slot (`empty`); the two consumer warpgroups overlap
+//     each other's dequantisation and MMAs. (Until session 10 the producer also bulk-copied the 8 weight tiles
+//     of 512 bytes, scales and zeros into each stage; that pipeline streamed the weight at ~0.7 TB/s and made
+//     the kernel 1.1-1.6x slower.)
 // Split-K runs over a thread-block cluster along z: each block leaves its fp32 tile in its own shared memory,
 // and after a cluster barrier block r sums slice r of the tile over all blocks of the cluster in rank order
 // through distributed shared memory (deterministic, no global partials, no counters).
@@ -129,6 +134,62 @@ __device__ __forceinline__ void wgmma_n128(float (&d)[64], const uint32_t (&a)[4
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  }
+}
+
+// D[64 x 192] += A[64 x 16] (registers) * B[16 x 192] (shared memory, K-major, 128-byte swizzle).
+template <bool kBF16>
+__device__ __forceinline__ void wgmma_n192(float (&d)[96], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (!kBF16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, {%96, %97, %98, %99}, %100, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, {%96, %97, %98, %99}, %100, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
   }
 }
@@ -262,6 +323,12 @@ struct WgmmaOp<kBF16, 128> {
   }
 };
 template <bool kBF16>
+struct WgmmaOp<kBF16, 192> {
+  static __device__ __forceinline__ void run(float (&d)[96], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_n192<kBF16>(d, a, desc);
+  }
+};
+template <bool kBF16>
 struct WgmmaOp<kBF16, 256> {
   static __device__ __forceinline__ void run(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
     wgmma_n256<kBF16>(d, a, desc);
@@ -269,30 +336,32 @@ struct WgmmaOp<kBF16, 256> {
 };
 #endif
 
-// Shared memory of one block: STAGES ring slots, then (reusing the ring) the fp32 output tile.
-template <int BM_, int SLOTS_>
+// Shared memory of one block: STAGES ring slots of activations, then (reusing the ring) the fp32 output tile.
+// The weights, scales and zeros do not go through shared memory: each consumer lane loads its own 16 bytes
+// (and scale, zero) straight into a register ring WDEPTH stages ahead (see the kernel).
+template <int BM_>
 struct WgLayout {
-  static constexpr int BM = BM_, SLOTS = SLOTS_;
+  static constexpr int BM = BM_;
   static constexpr int kXBytes = BM * 128;                          // [BM][128 B] swizzled activations
-  static constexpr int kWBytes = (kWgBN / 16) * w4::kTileBytes;     // 8 packed tiles
-  static constexpr int kSBytes = SLOTS * kWgBN * 2;                 // [SLOTS][BN] fp16 scales
-  static constexpr int kZBytes = SLOTS * kWgBN / 2;                 // [SLOTS][BN/2] zero bytes
-  static constexpr int kOffW = kXBytes, kOffS = kOffW + kWBytes, kOffZ = kOffS + kSBytes;
-  static constexpr int kStage = (kOffZ + kZBytes + 1023) / 1024 * 1024;  // keeps every X tile 1024-aligned
+  static constexpr int kStage = (kXBytes + 1023) / 1024 * 1024;     // keeps every X tile 1024-aligned
   static constexpr int kRedStride = kWgBN + 4;                      // floats; == 4 mod 32 (conflict-free)
   static constexpr int kRedBytes = BM * kRedStride * 4;
   static constexpr int kStages = std::min(8, (200 * 1024) / kStage);
   static constexpr int kRing = kStages * kStage;
   static constexpr int kSmem = (kRing > kRedBytes ? kRing : kRedBytes) + 1024;  // + alignment slack
+  // Weight stages in flight per consumer lane (registers: 6 per stage). Session 10 (H100): the weights were
+  // bulk-copied into the ring by the producer thread before, 8 copies of 512 bytes per stage, and that pipeline
+  // streamed the weight at only ~0.7 TB/s (ablation in docs/cuda-kernels.md).
+  static constexpr int kWDepth = BM >= 192 ? 4 : 8;
   static_assert(kStages >= 3, "pipeline depth");
   static_assert(kSmem <= kWgSmemLimit, "shared memory");
-  static_assert(kOffS % 16 == 0 && kOffZ % 16 == 0 && kZBytes % 16 == 0, "bulk copies need 16-byte pieces");
 };
 
 // xs[kb][m][swizzled 128 B] from x [M, K] (kernel-column order via perm, or identity): see the file comment.
 // One thread per 16-byte output chunk.
 __global__ void w4a16_xstage_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ perm, int M,
                                     int K, int m_pad, uint4* __restrict__ xs) {
+  grid_dependency_launch();  // the wgmma kernel may start its prologue (weights) now; it waits before reading xs
   const int64_t total = static_cast<int64_t>(K / 64) * m_pad * 8;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -321,7 +390,7 @@ __global__ void w4a16_xstage_kernel(const uint16_t* __restrict__ x, const int32_
 template <bool kBF16, int BM, int SLOTS>
 __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, const unsigned char* xs, int m_pad) {
 #if QF_WGMMA_DEVICE
-  using L = WgLayout<BM, SLOTS>;
+  using L = WgLayout<BM>;
   using T = typename Act<kBF16>::T;
   constexpr int STAGES = L::kStages;
   constexpr int NACC = BM / 2;  // fp32 accumulators per consumer thread: 64 rows x BM / 128 threads
@@ -354,31 +423,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
-      const unsigned char* qw = static_cast<const unsigned char*>(a.qweight);
-      const unsigned char* sg = reinterpret_cast<const unsigned char*>(a.scales);
-      const unsigned char* zg = reinterpret_cast<const unsigned char*>(a.zeros);
-      const uint32_t bytes = L::kXBytes + L::kWBytes + SLOTS * (kWgBN * 2 + (asym ? kWgBN / 2 : 0));
+      const uint32_t bytes = L::kXBytes;
+      grid_dependency_wait();  // xs is written by the staging kernel launched just before (PDL)
       for (int it = 0; it < n_iter; ++it) {
         const int slot = it % STAGES, round = it / STAGES;
         const uint32_t fb = static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot]));
         if (round > 0) mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])), (round - 1) & 1);
         const int kb = kt0 + it;
-        const uint32_t st = ring + slot * L::kStage;
         mbar_expect_tx(fb, bytes);
-        bulk_copy(st, xs + (static_cast<int64_t>(kb) * m_pad + m0) * 128, L::kXBytes, fb);
-#pragma unroll
-        for (int i = 0; i < kWgBN / 16; ++i)
-          bulk_copy(st + L::kOffW + i * w4::kTileBytes, qw + w4::tile_offset(nb0 + i, kb, a.K), w4::kTileBytes, fb);
-#pragma unroll
-        for (int sl = 0; sl < SLOTS; ++sl) {
-          const int col = kb * w4::kTileK + 16 * sl;
-          const int grp = a.group_shift >= 0 ? col >> a.group_shift : col / a.group;
-          bulk_copy(st + L::kOffS + sl * kWgBN * 2, sg + (static_cast<int64_t>(grp) * a.N + nb0 * 16) * 2, kWgBN * 2,
-                    fb);
-          if (asym)
-            bulk_copy(st + L::kOffZ + sl * (kWgBN / 2), zg + static_cast<int64_t>(grp) * (a.N / 2) + nb0 * 8,
-                      kWgBN / 2, fb);
-        }
+        bulk_copy(ring + slot * L::kStage, xs + (static_cast<int64_t>(kb) * m_pad + m0) * 128, L::kXBytes, fb);
       }
     }
     __syncwarp();  // reconverge the producer warp before the (warp-aligned) cluster barrier
@@ -387,37 +440,60 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
     const int ct = threadIdx.x - 128;          // consumer thread 0..255
     const int cw = ct >> 5;                    // consumer warp 0..7 = the block's 16-row weight tile
     const int lane = threadIdx.x & 31, gid = lane >> 2, tid = lane & 3;
-    const int sl_lane = SLOTS == 1 ? 0 : tid;  // a lane's 16 columns lie in one group
+    constexpr int D = L::kWDepth;
+    const int tile = nb0 + cw;  // this warp's 16-row weight tile
+    // The lane's weight stream: 16 bytes of each 512-byte tile (tile, kb), consecutive kb contiguous.
+    const uint4* wp = reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(a.qweight) +
+                                                     w4::tile_offset(tile, kt0, a.K)) + lane;
+    const uint32_t* sg = a.scales + static_cast<int64_t>(tile) * 8 + gid;  // + grp * N/16 * 8: [K/g][N/16][8] half2
+    const uint8_t* zg = reinterpret_cast<const uint8_t*>(a.zeros) + tile * 8 + gid;  // + grp * N/2
+    const int64_t s_stride = static_cast<int64_t>(a.N / 16) * 8, z_stride = a.N / 2;
+    const int col_lane = SLOTS == 1 ? 0 : 16 * tid;  // a lane's 16 columns lie in one group
+    auto load = [&](int it, uint4& w, uint32_t& sp, uint32_t& zp) {
+      w = ld_stream16(wp + static_cast<int64_t>(it) * (w4::kTileBytes / 16));
+      const int col = (kt0 + it) * w4::kTileK + col_lane;
+      const int grp = a.group_shift >= 0 ? col >> a.group_shift : col / a.group;
+      sp = __ldg(sg + grp * s_stride);
+      zp = asym ? static_cast<uint32_t>(__ldg(zg + grp * z_stride)) : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
+    };
+    uint4 rw[D];
+    uint32_t rs[D], rz[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d)
+      if (d < n_iter) load(d, rw[d], rs[d], rz[d]);
     float acc[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    for (int it = 0; it < n_iter; ++it) {
-      const int slot = it % STAGES;
-      mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot])), (it / STAGES) & 1);
-      const unsigned char* st = smem + slot * L::kStage;
-      const uint4 wq = *reinterpret_cast<const uint4*>(st + L::kOffW + cw * w4::kTileBytes + lane * 16);
-      const uint32_t sp = *reinterpret_cast<const uint32_t*>(st + L::kOffS + sl_lane * kWgBN * 2 + cw * 32 + gid * 4);
-      const uint32_t zp = asym ? st[L::kOffZ + sl_lane * (kWgBN / 2) + cw * 8 + gid]
-                               : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
-      const TileConsts tc = tile_consts<kBF16, false>(sp, zp);
-      uint32_t af[4][4];
-      dequant_word2<kBF16, false>(wq.x, tc, af[0]);
-      dequant_word2<kBF16, false>(wq.y, tc, af[1]);
-      dequant_word2<kBF16, false>(wq.z, tc, af[2]);
-      dequant_word2<kBF16, false>(wq.w, tc, af[3]);
-      const uint32_t xaddr = ring + slot * L::kStage;
-      fence_operands(acc);
-      wgmma_fence();
+    for (int it0 = 0; it0 < n_iter; it0 += D) {
 #pragma unroll
-      for (int t = 0; t < 4; ++t) WgmmaOp<kBF16, BM>::run(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
-      wgmma_commit();
-      // The MMAs read af (registers) asynchronously, and the next stage's dequantisation writes the same
-      // registers: wait for this stage's group before going on. (Keeping one group in flight, wait_group 1,
-      // gave wrong results on full grids: ptxas does not keep af's registers reserved until the wait.) The other
-      // consumer warpgroup's MMAs overlap this one's dequantisation.
-      wgmma_wait<0>();
-      fence_operands(acc);
-      if (lane == 0) mbar_arrive(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])));
+      for (int d = 0; d < D; ++d) {
+        const int it = it0 + d;
+        if (it >= n_iter) break;
+        const uint4 wq = rw[d];
+        const uint32_t sp = rs[d], zp = rz[d];
+        if (it + D < n_iter) load(it + D, rw[d], rs[d], rz[d]);  // refill the slot D stages ahead
+        const int slot = it % STAGES;
+        mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot])), (it / STAGES) & 1);
+        const TileConsts tc = tile_consts<kBF16, false>(sp, zp);
+        uint32_t af[4][4];
+        dequant_word2<kBF16, false>(wq.x, tc, af[0]);
+        dequant_word2<kBF16, false>(wq.y, tc, af[1]);
+        dequant_word2<kBF16, false>(wq.z, tc, af[2]);
+        dequant_word2<kBF16, false>(wq.w, tc, af[3]);
+        const uint32_t xaddr = ring + slot * L::kStage;
+        fence_operands(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int t = 0; t < 4; ++t) WgmmaOp<kBF16, BM>::run(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
+        wgmma_commit();
+        // The MMAs read af (registers) asynchronously, and the next stage's dequantisation writes the same
+        // registers: wait for this stage's group before going on. (Keeping one group in flight, wait_group 1,
+        // gave wrong results on full grids: ptxas does not keep af's registers reserved until the wait.) The
+        // other consumer warpgroup's MMAs overlap this one's dequantisation.
+        wgmma_wait<0>();
+        fence_operands(acc);
+        if (lane == 0) mbar_arrive(static_cast<uint32_t>(__cvta_generic_to_shared(&empty_bar[slot])));
+      }
     }
     asm volatile("bar.sync 1, %0;" ::"n"(kWgConsumers) : "memory");  // both warpgroups are done with the ring
 
@@ -485,7 +561,7 @@ __global__ void w4a16_wgmma_probe_kernel(int* out) { *out = QF_WGMMA_DEVICE; }
 
 template <bool kBF16, int BM, int SLOTS>
 cudaError_t launch_one(const WgmmaPlan& plan, const MmaArgs& args, const void* xs, cudaStream_t stream) {
-  using L = WgLayout<BM, SLOTS>;
+  using L = WgLayout<BM>;
   auto kernel = w4a16_wgmma_kernel<kBF16, BM, SLOTS>;
   static bool attr_set = false;  // per instantiation; a race only sets it twice
   if (!attr_set) {
@@ -498,13 +574,19 @@ cudaError_t launch_one(const WgmmaPlan& plan, const MmaArgs& args, const void* x
   cfg.blockDim = dim3(kWgThreads);
   cfg.dynamicSmemBytes = L::kSmem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = plan.grid.z;
+  // Programmatic dependent launch on the staging kernel just before: this kernel's blocks start, set up their
+  // barriers and load their first weight stages while the staging kernel finishes; the producer waits
+  // (griddepcontrol.wait) before its first copy of xs, and y is written only after that. The staging kernel
+  // itself is an ordinary launch, so everything before it in the stream has completed, weights included.
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = 2;
   return cudaLaunchKernelEx(&cfg, kernel, args, static_cast<const unsigned char*>(xs), plan.m_pad);
 }
 
@@ -542,7 +624,7 @@ cudaError_t wgmma_available(bool* ok) {
 cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig want, WgmmaPlan* plan) {
   if (!wgmma_supported(N, K, group) || M <= 0) return cudaErrorInvalidValue;
   WgmmaConfig c = want;
-  if (c.bm != 64 && c.bm != 128 && c.bm != 256) c.bm = M <= 64 ? 64 : M <= 128 ? 128 : 256;
+  if (c.bm != 64 && c.bm != 128 && c.bm != 192 && c.bm != 256) c.bm = M <= 64 ? 64 : M <= 128 ? 128 : M <= 192 ? 192 : 256;
   const int gx = N / kWgBN, gy = (M + c.bm - 1) / c.bm;
   const int KT = K / w4::kTileK;
   const int64_t base = static_cast<int64_t>(gx) * gy;
@@ -581,6 +663,8 @@ cudaError_t wgmma_launch(bool bf16, const WgmmaPlan& plan, const MmaArgs& args, 
       return bf16 ? launch_bm<true, 64>(plan, args, xs, stream) : launch_bm<false, 64>(plan, args, xs, stream);
     case 128:
       return bf16 ? launch_bm<true, 128>(plan, args, xs, stream) : launch_bm<false, 128>(plan, args, xs, stream);
+    case 192:
+      return bf16 ? launch_bm<true, 192>(plan, args, xs, stream) : launch_bm<false, 192>(plan, args, xs, stream);
     case 256:
       return bf16 ? launch_bm<true, 256>(plan, args, xs, stream) : launch_bm<false, 256>(plan, args, xs, stream);
   }

@@ -418,7 +418,7 @@ void test_wgmma(W4A16Context& ctx, bool quick) {
   std::printf("wgmma: block heights x cluster splits on [%d, 1600]:\n", quick ? 128 : 384);
   const Quant qs = make_quant(quick ? 128 : 384, 1600, 64, false, true, rng);  // 25 K tiles, act-order
   for (ActType at : {ActType::kF16, ActType::kBF16})
-    for (int bm : {64, 128, 256})
+    for (int bm : {64, 128, 192, 256})
       for (int split : {1, 2, 3, 4}) {
         if (quick && (split == 2 || at == ActType::kBF16)) continue;
         ctx.set_wgmma_tuning({bm, split});
