@@ -629,17 +629,14 @@ cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig
   const int KT = K / w4::kTileK;
   const int64_t base = static_cast<int64_t>(gx) * gy;
   if (c.split <= 0) {
-    // One block per SM. Split K over a cluster only while the grid is under one wave: the split (<= 3, at least
-    // 8 stages per block) with the fewest waves per unit of work, the smaller on ties. Not 4: clusters of 4 blocks
-    // of ~200 KB shared memory ran 1.3-1.5x slower than 3 on 4096x4096 (H100 sweep, docs/cuda-kernels.md).
+    // One block per SM. Split K over a cluster only as far as the grid stays within one wave: the largest split
+    // (<= 3, at least 8 stages per block) with base * split <= SMs. A second wave of clusters cost more than the
+    // shorter K saved: 11008x4096 at M = 64-256 took 40-71 us with split 3 (258 blocks) against 30-50 us with
+    // split 1 (86 blocks); not 4: clusters of 4 blocks of ~200 KB shared memory ran 1.3-1.5x slower than 3 on
+    // 4096x4096 (H100 sweeps, docs/cuda-kernels.md).
     c.split = 1;
-    if (base < sm_count) {
-      double best = 1.0;
-      for (int s = 2; s <= kWgAutoMaxSplit && KT / s >= 8; ++s) {
-        const double cost = static_cast<double>((base * s + sm_count - 1) / sm_count) / s;
-        if (cost < best - 1e-9) best = cost, c.split = s;
-      }
-    }
+    for (int s = 2; s <= kWgAutoMaxSplit && KT / s >= 8; ++s)
+      if (base * s <= sm_count) c.split = s;
   }
   c.split = std::max(1, std::min({c.split, kWgMaxSplit, KT}));
   plan->cfg = c;
