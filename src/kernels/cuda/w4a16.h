@@ -193,12 +193,12 @@ inline constexpr int64_t kW4GemmMinWeights = int64_t{1} << 25;
 inline constexpr int64_t kW4CublasCrossoverM = 128;
 // kAuto on devices where the wgmma path runs (w4a16_wgmma.cu, sm_90a), weights with out % 128 == 0 (measured on
 // H100 80GB HBM3, docs/cuda-kernels.md, "Session 10"): wgmma from batch kW4WgmmaMinM on weights of at least
-// kW4WgmmaMinWeights elements (70B-class and the 7B MLP: at M = 32 mma is up to 1.27x faster, at M = 48 wgmma
-// wins by 1.09-1.54x), and from batch kW4WgmmaMinMSmall on weights of at least kW4WgmmaMinWeightsSmall
-// (4096x4096: at M = 48-64 mma is 1-3% faster, at M = 96 wgmma wins by 1.5x); the paths above elsewhere.
-inline constexpr int64_t kW4WgmmaMinM = 40;
-inline constexpr int64_t kW4WgmmaMinWeights = int64_t{1} << 25;
-inline constexpr int64_t kW4WgmmaMinMSmall = 65;
+// kW4WgmmaMinWeights elements (70B-class: at M = 32 wgmma is 1.12-1.25x faster than mma), and from batch
+// kW4WgmmaMinMSmall on weights of at least kW4WgmmaMinWeightsSmall (7B-class: at M = 32 mma ties or wins by up
+// to 1.28x, at M = 40 wgmma wins by 1.09-1.5x); the paths above elsewhere.
+inline constexpr int64_t kW4WgmmaMinM = 32;
+inline constexpr int64_t kW4WgmmaMinWeights = int64_t{1} << 26;
+inline constexpr int64_t kW4WgmmaMinMSmall = 40;
 inline constexpr int64_t kW4WgmmaMinWeightsSmall = int64_t{1} << 24;
 
 }  // namespace qforge::cuda

@@ -338,7 +338,7 @@ struct WgmmaOp<kBF16, 256> {
 
 // Shared memory of one block: STAGES ring slots of activations, then (reusing the ring) the fp32 output tile.
 // The weights, scales and zeros do not go through shared memory: each consumer lane loads its own 16 bytes
-// (and scale, zero) straight into a register ring WDEPTH stages ahead (see the kernel).
+// (and scale, zero) straight into a register ring kWDepth stages ahead (see the kernel).
 template <int BM_>
 struct WgLayout {
   static constexpr int BM = BM_;
@@ -442,25 +442,41 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
     const int lane = threadIdx.x & 31, gid = lane >> 2, tid = lane & 3;
     constexpr int D = L::kWDepth;
     const int tile = nb0 + cw;  // this warp's 16-row weight tile
-    // The lane's weight stream: 16 bytes of each 512-byte tile (tile, kb), consecutive kb contiguous.
+    // The lane's weight stream: 16 bytes of each 512-byte tile (tile, kb), consecutive kb contiguous. `wp`, `sp_g`
+    // and `zp_g` point at the next stage to load and advance as it is loaded (loop-carried, no per-stage index
+    // arithmetic); with g % 64 == 0 a group spans `spg` stages and the scale / zero pointers step once per group.
     const uint4* wp = reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(a.qweight) +
                                                      w4::tile_offset(tile, kt0, a.K)) + lane;
     const uint32_t* sg = a.scales + static_cast<int64_t>(tile) * 8 + gid;  // + grp * N/16 * 8: [K/g][N/16][8] half2
     const uint8_t* zg = reinterpret_cast<const uint8_t*>(a.zeros) + tile * 8 + gid;  // + grp * N/2
     const int64_t s_stride = static_cast<int64_t>(a.N / 16) * 8, z_stride = a.N / 2;
     const int col_lane = SLOTS == 1 ? 0 : 16 * tid;  // a lane's 16 columns lie in one group
-    auto load = [&](int it, uint4& w, uint32_t& sp, uint32_t& zp) {
-      w = ld_stream16(wp + static_cast<int64_t>(it) * (w4::kTileBytes / 16));
-      const int col = (kt0 + it) * w4::kTileK + col_lane;
-      const int grp = a.group_shift >= 0 ? col >> a.group_shift : col / a.group;
-      sp = __ldg(sg + grp * s_stride);
-      zp = asym ? static_cast<uint32_t>(__ldg(zg + grp * z_stride)) : (w4::kSymmetricZero | (w4::kSymmetricZero << 4));
+    const int spg = SLOTS == 1 ? a.group / w4::kTileK : 1;  // stages per group (SLOTS == 1: g % 64 == 0)
+    int lq = SLOTS == 1 ? kt0 % spg : 0;                      // position of the next loaded stage in its group
+    const uint32_t* sp_g = sg + static_cast<int64_t>(SLOTS == 1 ? kt0 / spg : 0) * s_stride;
+    const uint8_t* zp_g = zg + static_cast<int64_t>(SLOTS == 1 ? kt0 / spg : 0) * z_stride;
+    const uint32_t sym_zero = w4::kSymmetricZero | (w4::kSymmetricZero << 4);
+    int lit = 0;  // the next stage to load
+    auto load_next = [&](uint4& w, uint32_t& sp, uint32_t& zp) {
+      w = ld_stream16(wp);
+      wp += w4::kTileBytes / 16;
+      if constexpr (SLOTS == 1) {
+        sp = __ldg(sp_g);
+        zp = asym ? static_cast<uint32_t>(__ldg(zp_g)) : sym_zero;
+        if (++lq == spg) lq = 0, sp_g += s_stride, zp_g += z_stride;
+      } else {
+        const int col = (kt0 + lit) * w4::kTileK + col_lane;
+        const int grp = a.group_shift >= 0 ? col >> a.group_shift : col / a.group;
+        sp = __ldg(sg + grp * s_stride);
+        zp = asym ? static_cast<uint32_t>(__ldg(zg + grp * z_stride)) : sym_zero;
+      }
+      ++lit;
     };
     uint4 rw[D];
     uint32_t rs[D], rz[D];
 #pragma unroll
     for (int d = 0; d < D; ++d)
-      if (d < n_iter) load(d, rw[d], rs[d], rz[d]);
+      if (d < n_iter) load_next(rw[d], rs[d], rz[d]);
     float acc[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -469,17 +485,17 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
       for (int d = 0; d < D; ++d) {
         const int it = it0 + d;
         if (it >= n_iter) break;
-        const uint4 wq = rw[d];
-        const uint32_t sp = rs[d], zp = rz[d];
-        if (it + D < n_iter) load(it + D, rw[d], rs[d], rz[d]);  // refill the slot D stages ahead
         const int slot = it % STAGES;
         mbar_wait(static_cast<uint32_t>(__cvta_generic_to_shared(&full_bar[slot])), (it / STAGES) & 1);
-        const TileConsts tc = tile_consts<kBF16, false>(sp, zp);
+        const TileConsts tc = tile_consts<kBF16, false>(rs[d], rz[d]);
         uint32_t af[4][4];
-        dequant_word2<kBF16, false>(wq.x, tc, af[0]);
-        dequant_word2<kBF16, false>(wq.y, tc, af[1]);
-        dequant_word2<kBF16, false>(wq.z, tc, af[2]);
-        dequant_word2<kBF16, false>(wq.w, tc, af[3]);
+        dequant_word2<kBF16, false>(rw[d].x, tc, af[0]);
+        dequant_word2<kBF16, false>(rw[d].y, tc, af[1]);
+        dequant_word2<kBF16, false>(rw[d].z, tc, af[2]);
+        dequant_word2<kBF16, false>(rw[d].w, tc, af[3]);
+        // The slot's registers are consumed: refill them D stages ahead (loading after the dequantisation lets
+        // the load reuse the same registers; loading before it made ptxas copy the ring every stage).
+        if (it + D < n_iter) load_next(rw[d], rs[d], rz[d]);
         const uint32_t xaddr = ring + slot * L::kStage;
         fence_operands(acc);
         wgmma_fence();
