@@ -523,20 +523,43 @@ cudaError_t wgmma_available(bool* ok) {
 cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig want, WgmmaPlan* plan) {
   if (!wgmma_supported(N, K, group) || M <= 0) return cudaErrorInvalidValue;
   WgmmaConfig c = want;
-  if (c.bm != 64 && c.bm != 128 && c.bm != 192 && c.bm != 256) c.bm = M <= 64 ? 64 : M <= 128 ? 128 : M <= 192 ? 192 : 256;
-  const int gx = N / kWgBN, gy = (M + c.bm - 1) / c.bm;
+  const bool bm_given = c.bm == 64 || c.bm == 128 || c.bm == 192 || c.bm == 256;
+  const int bm_fit = M <= 64 ? 64 : M <= 128 ? 128 : M <= 192 ? 192 : 256;  // the smallest block holding M
+  if (!bm_given) c.bm = bm_fit;
+  const int gx = N / kWgBN;
   const int KT = K / w4::kTileK;
-  const int64_t base = static_cast<int64_t>(gx) * gy;
-  if (c.split <= 0) {
-    // One block per SM. Split K over a cluster only as far as the grid stays within one wave: the largest split
-    // (<= 3, at least 8 stages per block) with base * split <= SMs. A second wave of clusters cost more than the
-    // shorter K saved: 11008x4096 at M = 64-256 took 40-71 us with split 3 (258 blocks) against 30-50 us with
-    // split 1 (86 blocks); not 4: clusters of 4 blocks of ~200 KB shared memory ran 1.3-1.5x slower than 3 on
-    // 4096x4096 (H100 sweeps, docs/cuda-kernels.md).
-    c.split = 1;
+  // Split K over a cluster only as far as the grid stays within one wave (one block per SM), at most 3 ways and
+  // with at least 8 stages per block. A second wave of clusters cost more than the shorter K saved (11008x4096 at
+  // M = 64-256: 40-71 us with split 3 = 258 blocks, 30-50 us with split 1 = 86 blocks); clusters of 4 ran 1.3-2x
+  // slower than 3 (H100 sweeps, docs/cuda-kernels.md, "Session 10").
+  auto best_split = [&](int64_t base) {
+    int sp = 1;
     for (int s = 2; s <= kWgAutoMaxSplit && KT / s >= 8; ++s)
-      if (base * s <= sm_count) c.split = s;
+      if (base * s <= sm_count) sp = s;
+    return sp;
+  };
+  if (c.split <= 0 && !bm_given) {
+    c.split = best_split(static_cast<int64_t>(gx) * ((M + bm_fit - 1) / bm_fit));
+    // Short blocks (under 32 stages) pay the ring fill, the staging and the cluster reduction on little work, so
+    // there a shorter block height that fills more SMs in one wave wins, as long as it pads no more batch rows:
+    // 4096x4096 at M = 256 ran 21.1 us as 128-row blocks x split 2 (128 blocks) against 25.1 us as 256-row blocks x
+    // split 3 (96), and at M = 96-128 16.4 us as 64-row blocks x split 2 against 17.5. Long blocks keep the block
+    // that holds M (4096x11008 at M = 96-128: 64-row blocks were 2-3% slower; 128-row blocks at M = 192, which pad
+    // a third more rows, 12% slower).
+    if (KT / c.split < 32) {
+      const int64_t rows_fit = static_cast<int64_t>((M + bm_fit - 1) / bm_fit) * bm_fit;
+      int64_t best = static_cast<int64_t>(gx) * ((M + bm_fit - 1) / bm_fit) * c.split;
+      for (int bm : {192, 128, 64}) {
+        const int64_t gyb = (M + bm - 1) / bm, base = gx * gyb;
+        if (bm >= bm_fit || gyb * bm > rows_fit || base > sm_count) continue;
+        const int sp = best_split(base);
+        if (base * sp > best) best = base * sp, c.bm = bm, c.split = sp;
+      }
+    }
+  } else if (c.split <= 0) {
+    c.split = best_split(static_cast<int64_t>(gx) * ((M + c.bm - 1) / c.bm));
   }
+  const int gy = (M + c.bm - 1) / c.bm;
   c.split = std::max(1, std::min({c.split, kWgMaxSplit, KT}));
   plan->cfg = c;
   plan->grid = dim3(gx, gy, c.split);
