@@ -111,41 +111,38 @@ constexpr int kWgSmemLimit = 227 * 1024;
       : QF_WG_D32(0), QF_WG_D32(32), QF_WG_D32(64), QF_WG_D32(96)                                     \
       : QF_WG_IN)
 
-template <bool kBF16>
-__device__ __forceinline__ void wgmma_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (!kBF16)
-    QF_WGMMA_M64N64("f16");
-  else
-    QF_WGMMA_M64N64("bf16");
-}
-
-template <bool kBF16>
-__device__ __forceinline__ void wgmma_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (!kBF16)
-    QF_WGMMA_M64N128("f16");
-  else
-    QF_WGMMA_M64N128("bf16");
-}
-
-template <bool kBF16>
-__device__ __forceinline__ void wgmma_n192(float (&d)[96], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (!kBF16)
-    QF_WGMMA_M64N192("f16");
-  else
-    QF_WGMMA_M64N192("bf16");
-}
-
-template <bool kBF16>
-__device__ __forceinline__ void wgmma_n256(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (!kBF16)
-    QF_WGMMA_M64N256("f16");
-  else
-    QF_WGMMA_M64N256("bf16");
+// One k16 step of a warpgroup over the block's BM batch rows: D[64 x BM] += A[64 x 16] * B[16 x BM].
+template <bool kBF16, int BM>
+__device__ __forceinline__ void wgmma_step(float (&d)[BM / 2], const uint32_t (&a)[4], uint64_t desc) {
+  static_assert(BM == 64 || BM == 128 || BM == 192 || BM == 256, "wgmma block height");
+  if constexpr (BM == 64) {
+    if constexpr (!kBF16)
+      QF_WGMMA_M64N64("f16");
+    else
+      QF_WGMMA_M64N64("bf16");
+  } else if constexpr (BM == 128) {
+    if constexpr (!kBF16)
+      QF_WGMMA_M64N128("f16");
+    else
+      QF_WGMMA_M64N128("bf16");
+  } else if constexpr (BM == 192) {
+    if constexpr (!kBF16)
+      QF_WGMMA_M64N192("f16");
+    else
+      QF_WGMMA_M64N192("bf16");
+  } else {
+    if constexpr (!kBF16)
+      QF_WGMMA_M64N256("f16");
+    else
+      QF_WGMMA_M64N256("bf16");
+  }
 }
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
@@ -190,35 +187,6 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
 }
 #endif  // QF_WGMMA_DEVICE
 
-template <bool kBF16, int BM>
-struct WgmmaOp;
-#if QF_WGMMA_DEVICE
-template <bool kBF16>
-struct WgmmaOp<kBF16, 64> {
-  static __device__ __forceinline__ void run(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
-    wgmma_n64<kBF16>(d, a, desc);
-  }
-};
-template <bool kBF16>
-struct WgmmaOp<kBF16, 128> {
-  static __device__ __forceinline__ void run(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
-    wgmma_n128<kBF16>(d, a, desc);
-  }
-};
-template <bool kBF16>
-struct WgmmaOp<kBF16, 192> {
-  static __device__ __forceinline__ void run(float (&d)[96], const uint32_t (&a)[4], uint64_t desc) {
-    wgmma_n192<kBF16>(d, a, desc);
-  }
-};
-template <bool kBF16>
-struct WgmmaOp<kBF16, 256> {
-  static __device__ __forceinline__ void run(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
-    wgmma_n256<kBF16>(d, a, desc);
-  }
-};
-#endif
-
 // Shared memory of one block: STAGES ring slots of activations, then (reusing the ring) the fp32 output tile.
 // The weights, scales and zeros do not go through shared memory: each consumer lane loads its own 16 bytes
 // (and scale, zero) straight into a register ring kWDepth stages ahead (see the kernel).
@@ -237,6 +205,7 @@ struct WgLayout {
   // streamed the weight at only ~0.7 TB/s (ablation in docs/cuda-kernels.md).
   static constexpr int kWDepth = BM >= 192 ? 4 : 8;
   static_assert(kStages >= 3, "pipeline depth");
+  static_assert(kWDepth >= 1, "weight ring depth");
   static_assert(kSmem <= kWgSmemLimit, "shared memory");
 };
 
@@ -383,7 +352,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) w4a16_wgmma_kernel(MmaArgs a, c
         fence_operands(acc);
         wgmma_fence();
 #pragma unroll
-        for (int t = 0; t < 4; ++t) WgmmaOp<kBF16, BM>::run(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
+        for (int t = 0; t < 4; ++t) wgmma_step<kBF16, BM>(acc, af[t], smem_desc_sw128(xaddr + 32 * t));
         wgmma_commit();
         // The MMAs read af (registers) asynchronously, and the next stage's dequantisation writes the same
         // registers: wait for this stage's group before going on. (Keeping one group in flight, wait_group 1,
@@ -528,6 +497,7 @@ cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig
   if (!bm_given) c.bm = bm_fit;
   const int gx = N / kWgBN;
   const int KT = K / w4::kTileK;
+  auto tiles_m = [M](int bm) { return static_cast<int64_t>((M + bm - 1) / bm); };  // batch tiles of bm rows
   // Split K over a cluster only as far as the grid stays within one wave (one block per SM), at most 3 ways and
   // with at least 8 stages per block. A second wave of clusters cost more than the shorter K saved (11008x4096 at
   // M = 64-256: 40-71 us with split 3 = 258 blocks, 30-50 us with split 1 = 86 blocks); clusters of 4 ran 1.3-2x
@@ -539,7 +509,7 @@ cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig
     return sp;
   };
   if (c.split <= 0 && !bm_given) {
-    c.split = best_split(static_cast<int64_t>(gx) * ((M + bm_fit - 1) / bm_fit));
+    c.split = best_split(gx * tiles_m(bm_fit));
     // Short blocks (under 32 stages) pay the ring fill, the staging and the cluster reduction on little work, so
     // there a shorter block height that fills more SMs in one wave wins, as long as it pads no more batch rows:
     // 4096x4096 at M = 256 ran 21.1 us as 128-row blocks x split 2 (128 blocks) against 25.1 us as 256-row blocks x
@@ -547,19 +517,19 @@ cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig
     // that holds M (4096x11008 at M = 96-128: 64-row blocks were 2-3% slower; 128-row blocks at M = 192, which pad
     // a third more rows, 12% slower).
     if (KT / c.split < 32) {
-      const int64_t rows_fit = static_cast<int64_t>((M + bm_fit - 1) / bm_fit) * bm_fit;
-      int64_t best = static_cast<int64_t>(gx) * ((M + bm_fit - 1) / bm_fit) * c.split;
+      const int64_t rows_fit = tiles_m(bm_fit) * bm_fit;
+      int64_t best = gx * tiles_m(bm_fit) * c.split;
       for (int bm : {192, 128, 64}) {
-        const int64_t gyb = (M + bm - 1) / bm, base = gx * gyb;
-        if (bm >= bm_fit || gyb * bm > rows_fit || base > sm_count) continue;
+        const int64_t base = gx * tiles_m(bm);
+        if (bm >= bm_fit || tiles_m(bm) * bm > rows_fit || base > sm_count) continue;
         const int sp = best_split(base);
         if (base * sp > best) best = base * sp, c.bm = bm, c.split = sp;
       }
     }
   } else if (c.split <= 0) {
-    c.split = best_split(static_cast<int64_t>(gx) * ((M + c.bm - 1) / c.bm));
+    c.split = best_split(gx * tiles_m(c.bm));
   }
-  const int gy = (M + c.bm - 1) / c.bm;
+  const int gy = static_cast<int>(tiles_m(c.bm));
   c.split = std::max(1, std::min({c.split, kWgMaxSplit, KT}));
   plan->cfg = c;
   plan->grid = dim3(gx, gy, c.split);
