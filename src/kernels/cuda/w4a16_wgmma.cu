@@ -508,26 +508,22 @@ cudaError_t wgmma_plan(int M, int N, int K, int group, int sm_count, WgmmaConfig
       if (base * s <= sm_count) sp = s;
     return sp;
   };
-  if (c.split <= 0 && !bm_given) {
-    c.split = best_split(gx * tiles_m(bm_fit));
+  if (c.split <= 0) c.split = best_split(gx * tiles_m(c.bm));
+  if (want.split <= 0 && !bm_given && KT / c.split < 32) {
     // Short blocks (under 32 stages) pay the ring fill, the staging and the cluster reduction on little work, so
     // there a shorter block height that fills more SMs in one wave wins, as long as it pads no more batch rows:
     // 4096x4096 at M = 256 ran 21.1 us as 128-row blocks x split 2 (128 blocks) against 25.1 us as 256-row blocks x
     // split 3 (96), and at M = 96-128 16.4 us as 64-row blocks x split 2 against 17.5. Long blocks keep the block
     // that holds M (4096x11008 at M = 96-128: 64-row blocks were 2-3% slower; 128-row blocks at M = 192, which pad
     // a third more rows, 12% slower).
-    if (KT / c.split < 32) {
-      const int64_t rows_fit = tiles_m(bm_fit) * bm_fit;
-      int64_t best = gx * tiles_m(bm_fit) * c.split;
-      for (int bm : {192, 128, 64}) {
-        const int64_t base = gx * tiles_m(bm);
-        if (bm >= bm_fit || tiles_m(bm) * bm > rows_fit || base > sm_count) continue;
-        const int sp = best_split(base);
-        if (base * sp > best) best = base * sp, c.bm = bm, c.split = sp;
-      }
+    const int64_t rows_fit = tiles_m(bm_fit) * bm_fit;
+    int64_t best = gx * tiles_m(bm_fit) * c.split;
+    for (int bm : {192, 128, 64}) {
+      const int64_t base = gx * tiles_m(bm);
+      if (bm >= bm_fit || tiles_m(bm) * bm > rows_fit || base > sm_count) continue;
+      const int sp = best_split(base);
+      if (base * sp > best) best = base * sp, c.bm = bm, c.split = sp;
     }
-  } else if (c.split <= 0) {
-    c.split = best_split(gx * tiles_m(c.bm));
   }
   const int gy = static_cast<int>(tiles_m(c.bm));
   c.split = std::max(1, std::min({c.split, kWgMaxSplit, KT}));
